@@ -1,0 +1,1 @@
+"""ComfyUI adapters for the PixArt engine. Imported only inside ComfyUI."""

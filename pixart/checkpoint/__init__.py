@@ -1,0 +1,55 @@
+"""Load any published PixArt DiT checkpoint layout into the engine's model."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..config import DiTConfig
+from .detect import detect_config
+from .errors import CheckpointError
+from .files import LoadedTensors, read_checkpoint
+from .layouts import IGNORED_ORIGINAL, to_internal
+
+__all__ = ["CheckpointError", "DiTWeights", "read_dit_weights", "load_dit"]
+
+
+class DiTWeights:
+    """An internal-layout state dict with its detected configuration."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], config: DiTConfig, layout: str, source: str):
+        self.state_dict = state_dict
+        self.config = config
+        self.layout = layout
+        self.source = source
+
+
+def read_dit_weights(path: str) -> DiTWeights:
+    """File or diffusers folder -> DiTWeights (tensors keep their stored dtype, fp8 included)."""
+    loaded: LoadedTensors = read_checkpoint(path, component="transformer")
+    source = os.path.basename(os.path.normpath(path))
+    tensors, layout = to_internal(loaded.state_dict, source)
+    config = detect_config(tensors, source, loaded.config, loaded.pipeline_class)
+    for name in IGNORED_ORIGINAL:
+        tensors.pop(name, None)
+    return DiTWeights(tensors, config, layout, source)
+
+
+def load_dit(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **model_kwargs):
+    """Build a PixArtDiT from a checkpoint path and load its weights (strictly: every weight must match)."""
+    from ..dit import PixArtDiT
+
+    weights = read_dit_weights(path)
+    model = PixArtDiT(weights.config, dtype=dtype, device=device, **model_kwargs)
+    load_weights(model, weights)
+    return model
+
+
+def load_weights(model: torch.nn.Module, weights: DiTWeights) -> None:
+    """Copy weights into a built model; missing or unexpected names are a CheckpointError."""
+    result = model.load_state_dict(weights.state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{weights.source}: weights do not fit the detected model ({weights.config.describe()}): "
+            f"missing {result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}."
+        )

@@ -1,0 +1,115 @@
+"""KV token compression for self-attention (PixArt-Σ, Chen et al., 2024, arXiv:2403.04692, Sec. 3.2).
+
+In chosen layers the keys and values of self-attention are spatially downsampled by s x s;
+queries keep full length, so the output shape is unchanged and attention costs N * N/s² instead of N².
+Modes:
+  avg      s x s mean of the tokens in each window (training-free; the paper's averaging-initialised conv).
+  nearest  nearest-neighbour interpolation onto the coarse grid (the official code's "ave").
+  uniform  every s-th token along each axis (strided slice).
+  conv     depthwise s x s conv + LayerNorm, only with trained `attn.sr` / `attn.norm` weights.
+Sides that are not multiples of s give ceil(H/s) x ceil(W/s) tokens: avg averages the tokens the edge
+window holds, conv sees edge tokens repeated (replicate padding).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("avg", "nearest", "uniform", "conv")
+RATIOS = (2, 3, 4)
+
+
+class KVCompressError(ValueError):
+    """A KV compression setting that cannot be applied; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class KVCompress:
+    """Per-run KV compression setting; pass it to the DiT's forward, no rebuild needed."""
+
+    ratio: int
+    layers: frozenset[int]
+    mode: str = "avg"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise KVCompressError(f"KV compression mode '{self.mode}' is unknown; use one of {', '.join(MODES)}.")
+        if self.ratio < 1:
+            raise KVCompressError(f"KV compression ratio {self.ratio} must be 1 (off) or more.")
+
+    def applies_to(self, layer: int) -> bool:
+        return self.ratio > 1 and layer in self.layers
+
+
+def default_layers(depth: int) -> frozenset[int]:
+    """The deep half of the blocks (14-27 of 28), the placement the paper found best."""
+    return frozenset(range(depth // 2, depth))
+
+
+def parse_layers(text: str, depth: int) -> frozenset[int]:
+    """Parse '14-27', '0,2,4-6', 'all' or '' / 'default' (the deep half) into block indices.
+
+    Raises KVCompressError naming the bad part and the valid range.
+    """
+    text = text.strip().lower()
+    if text in ("", "default", "deep"):
+        return default_layers(depth)
+    if text == "all":
+        return frozenset(range(depth))
+    layers: set[int] = set()
+    for part in re.split(r"[,\s]+", text):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if match is None:
+            raise KVCompressError(
+                f"KV layers '{text}': cannot read '{part}'. Write block indices and ranges like '14-27' or "
+                f"'0,4,8-11' (0 to {depth - 1}), 'all', or leave empty for the deep half."
+            )
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) else first
+        if first > last:
+            raise KVCompressError(f"KV layers '{part}': the range runs backwards; write '{last}-{first}'.")
+        if last >= depth:
+            raise KVCompressError(
+                f"KV layers '{part}': this model has {depth} blocks, numbered 0 to {depth - 1}."
+            )
+        layers.update(range(first, last + 1))
+    return frozenset(layers)
+
+
+def compressed_grid(height: int, width: int, ratio: int) -> tuple[int, int]:
+    """Token grid after compression: ceil on both sides."""
+    return -(-height // ratio), -(-width // ratio)
+
+
+def compress_tokens(tokens: torch.Tensor, grid: tuple[int, int], ratio: int, mode: str,
+                    conv=None, norm=None) -> torch.Tensor:
+    """Downsample a token sequence laid out on a grid. (B, H*W, C) -> (B, ceil(H/s)*ceil(W/s), C)."""
+    batch, _, channels = tokens.shape
+    height, width = grid
+    out_h, out_w = compressed_grid(height, width, ratio)
+    image = tokens.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)
+    if mode == "avg":
+        # With ceil_mode and no padding each edge window divides by the tokens it actually holds.
+        image = F.avg_pool2d(image, ratio, ratio, ceil_mode=True)
+    elif mode == "nearest":
+        image = F.interpolate(image, size=(out_h, out_w), mode="nearest")
+    elif mode == "uniform":
+        image = image[:, :, ::ratio, ::ratio]
+    elif mode == "conv":
+        if conv is None or norm is None:
+            raise KVCompressError("KV mode 'conv' needs trained attn.sr / attn.norm weights in this layer.")
+        pad_h, pad_w = out_h * ratio - height, out_w * ratio - width
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+        image = conv(image)
+    else:
+        raise KVCompressError(f"KV compression mode '{mode}' is unknown; use one of {', '.join(MODES)}.")
+    out = image.reshape(batch, channels, out_h * out_w).transpose(1, 2)  # (B, N', C)
+    if mode == "conv":
+        out = norm(out)
+    return out
