@@ -1,0 +1,129 @@
+"""The PixArt DiT as a ComfyUI model: BaseModel subclass, per-family model configs, loading into a ModelPatcher.
+
+ComfyUI picks the weight/compute dtypes, casting ops (fp8 included), devices and lowvram partial loading;
+we only describe the model and hand it the weights.
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+import torch
+from comfy.ldm.modules.attention import optimized_attention
+
+from ..pixart.checkpoint import DiTWeights, read_dit_weights
+from ..pixart.config import ALPHA, DiTConfig
+from ..pixart.dit import PixArtDiT
+
+log = logging.getLogger(__name__)
+
+# transformer_options key holding a pixart.kv_compress.KVCompress for the current run.
+KV_COMPRESS_OPTION = "pixart_kv_compress"
+
+# Measured by bench/memory_usage_factor.py (peak activation bytes of one forward relative to ComfyUI's
+# area * dtype_size * 0.01 MiB formula); see the benchmarks document.
+MEMORY_USAGE_FACTOR = 0.52  # measured 0.32-0.51 for 64-128 latent sides (2026-11-23, CPU, fp32)
+
+
+class ComfyPixArtDiT(PixArtDiT):
+    """PixArtDiT with ComfyUI's diffusion_model call signature and attention dispatch."""
+
+    def __init__(self, dit_config: DiTConfig, dtype=None, device=None, operations=None, **_unused):
+        super().__init__(dit_config, operations=operations, dtype=dtype, device=device)
+        self.dtype = dtype
+
+    def forward(self, x, timesteps, context, attention_mask=None, c_size=None, c_ar=None,
+                transformer_options=None, control=None, **kwargs):
+        options = transformer_options or {}
+
+        def attention(q, k, v, heads, mask=None):
+            return optimized_attention(q, k, v, heads, mask=mask, transformer_options=options)
+
+        out = super().forward(x, timesteps, context, context_mask=attention_mask, c_size=c_size, c_ar=c_ar,
+                              kv_compress=options.get(KV_COMPRESS_OPTION), attention=attention)
+        return out[:, : self.config.in_channels]  # epsilon; the learned-variance channels are not used
+
+
+class PixArtModel(comfy.model_base.BaseModel):
+    def __init__(self, model_config, device=None):
+        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device, unet_model=ComfyPixArtDiT)
+
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        cross_attn = kwargs.get("cross_attn")
+        if cross_attn is not None:
+            # Regular (not CrossAttn) conds are never padded by repetition, which would break the mask.
+            out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
+        mask = kwargs.get("attention_mask")
+        if mask is not None and cross_attn is not None and mask.shape[-1] == cross_attn.shape[1]:
+            out["attention_mask"] = comfy.conds.CONDRegular(mask)
+        width, height = kwargs.get("width"), kwargs.get("height")
+        if width is not None and height is not None:  # core CLIPTextEncodePixArtAlpha's micro-conditions
+            out["c_size"] = comfy.conds.CONDRegular(torch.FloatTensor([[height, width]]))
+            out["c_ar"] = comfy.conds.CONDRegular(torch.FloatTensor([[kwargs.get("aspect_ratio", height / width)]]))
+        return out
+
+
+class _PixArtBase(comfy.supported_models_base.BASE):
+    unet_config = {}
+    unet_extra_config = {}
+    sampling_settings = {"beta_schedule": "sqrt_linear", "linear_start": 1e-4, "linear_end": 0.02, "timesteps": 1000}
+    memory_usage_factor = MEMORY_USAGE_FACTOR
+    supported_inference_dtypes = [torch.float16, torch.bfloat16, torch.float32]
+
+    def get_model(self, state_dict, prefix="", device=None):
+        return PixArtModel(self, device=device).eval()
+
+
+class PixArtSigmaConfig(_PixArtBase):
+    latent_format = comfy.latent_formats.SDXL
+
+
+class PixArtAlphaConfig(_PixArtBase):
+    latent_format = comfy.latent_formats.SD15
+
+
+WEIGHT_DTYPES = {
+    "default": {},
+    "fp32": {"dtype": torch.float32},
+    "bf16": {"dtype": torch.bfloat16},
+    "fp16": {"dtype": torch.float16},
+    "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
+    "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
+    "fp8_e5m2": {"dtype": torch.float8_e5m2},
+}
+
+
+def build_patcher(weights: DiTWeights, weight_dtype: str = "default") -> comfy.model_patcher.ModelPatcher:
+    """Wrap loaded weights into a ComfyUI ModelPatcher, letting ComfyUI choose dtypes and devices."""
+    options = WEIGHT_DTYPES[weight_dtype]
+    config_class = PixArtAlphaConfig if weights.config.family == ALPHA else PixArtSigmaConfig
+    model_config = config_class({"dit_config": weights.config})
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    state_dict = weights.state_dict
+    parameters = sum(t.numel() for t in state_dict.values())
+    stored_dtype = next(iter(state_dict.values())).dtype
+    unet_dtype = options.get("dtype") or comfy.model_management.unet_dtype(
+        model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes), weight_dtype=stored_dtype)
+    manual_cast = comfy.model_management.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(unet_dtype, manual_cast)
+    if options.get("fp8_optimizations"):
+        model_config.optimizations["fp8"] = True
+    model = model_config.get_model(state_dict).to(offload_device)
+    missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights.source}: weights do not fit the detected model ({weights.config.describe()}): "
+                         f"missing {missing[:6]}, unexpected {unexpected[:6]}.")
+    log.info("PixArt DiT %s: %s, weights %s, compute %s", weights.source, weights.config.describe(), unet_dtype,
+             manual_cast or unet_dtype)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def load_dit_patcher(path: str, weight_dtype: str = "default") -> comfy.model_patcher.ModelPatcher:
+    return build_patcher(read_dit_weights(path), weight_dtype)
