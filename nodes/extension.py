@@ -1,7 +1,10 @@
 """The pack's ComfyUI V3 extension: the list of nodes it registers."""
 from comfy_api.latest import ComfyExtension, io
 
+from .loaders import PixArtDiffusersLoader, PixArtDiTLoader, PixArtT5Loader
+from .text_encode import PixArtTextEncode
+
 
 class PixArtExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return []
+        return [PixArtT5Loader, PixArtDiTLoader, PixArtDiffusersLoader, PixArtTextEncode]

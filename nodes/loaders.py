@@ -1,0 +1,113 @@
+"""Loader nodes: T5 text encoder -> CLIP, PixArt DiT -> MODEL, and a whole diffusers repo -> MODEL, CLIP, VAE."""
+from __future__ import annotations
+
+import os
+
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..pixart.checkpoint.files import read_checkpoint
+from . import model_files
+from .dit_model import WEIGHT_DTYPES, load_dit_patcher
+from .t5_encoder import T5_DTYPES, load_t5_clip
+
+CAPTION_LENGTHS = {"sigma_300": 300, "alpha_120": 120}
+
+_CAPTION_TOOLTIP = ("Token budget of the prompt: 300 for PixArt-Σ, 120 for PixArt-α (as their pipelines). Longer "
+                    "prompts are cut with a warning.")
+
+
+class PixArtT5Loader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PixArtT5Loader",
+            display_name="PixArt T5 Loader",
+            category="PixArt/loaders",
+            description="Loads a T5-v1.1 encoder (single file or diffusers text_encoder folder) as a CLIP with "
+                        "PixArt's caption rules: lower case, EOS, padding with an attention mask.",
+            inputs=[
+                io.Combo.Input("t5_name", options=model_files.choices("text_encoders", "text_encoder"),
+                               tooltip="T5 weights from models/text_encoders, or a diffusers repo in models/diffusers "
+                                       "(its text_encoder folder)."),
+                io.Combo.Input("dtype", options=list(T5_DTYPES), default="default",
+                               tooltip="Storage dtype of the T5 weights. 'default' keeps the file's dtype. T5 computes "
+                                       "in float32 activations either way, so fp16 cannot overflow."),
+                io.Combo.Input("device", options=["default", "cpu"], default="default",
+                               tooltip="'cpu' keeps T5 (about 9 GB in fp16) off the GPU, leaving VRAM to the DiT."),
+                io.Combo.Input("caption_length", options=list(CAPTION_LENGTHS), default="sigma_300",
+                               tooltip=_CAPTION_TOOLTIP),
+            ],
+            outputs=[io.Clip.Output()],
+        )
+
+    @classmethod
+    def execute(cls, t5_name, dtype, device, caption_length):
+        path = model_files.resolve("text_encoders", "text_encoder", t5_name)
+        clip = load_t5_clip(path, dtype=dtype, device=device, caption_tokens=CAPTION_LENGTHS[caption_length],
+                            embedding_directory=folder_paths.get_folder_paths("embeddings"))
+        return io.NodeOutput(clip)
+
+
+class PixArtDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PixArtDiTLoader",
+            display_name="PixArt DiT Loader",
+            category="PixArt/loaders",
+            description="Loads a PixArt-Σ or PixArt-α transformer in any published layout; the variant, trained size "
+                        "and positional-embedding scale are read from the weights.",
+            inputs=[
+                io.Combo.Input("dit_name", options=model_files.choices("diffusion_models", "transformer"),
+                               tooltip="Original .pth/.safetensors or diffusers single files from "
+                                       "models/diffusion_models, or a diffusers repo in models/diffusers."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                               tooltip="'default' lets ComfyUI choose for your GPU; fp8 halves VRAM (weights are cast "
+                                       "per layer); '_fast' uses fp8 matrix multiplication where the GPU has it."),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, dit_name, weight_dtype):
+        path = model_files.resolve("diffusion_models", "transformer", dit_name)
+        return io.NodeOutput(load_dit_patcher(path, weight_dtype))
+
+
+class PixArtDiffusersLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PixArtDiffusersLoader",
+            display_name="PixArt Diffusers Repo Loader",
+            category="PixArt/loaders",
+            description="Loads transformer, text_encoder (+ tokenizer) and vae of a diffusers PixArt repo folder "
+                        "placed in models/diffusers.",
+            inputs=[
+                io.Combo.Input("repo_name", options=list(model_files.diffusers_repos("transformer")),
+                               tooltip="A folder in models/diffusers holding transformer/, text_encoder/ and vae/."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                               tooltip="DiT weight dtype, as in the PixArt DiT Loader."),
+                io.Combo.Input("t5_device", options=["default", "cpu"], default="default",
+                               tooltip="'cpu' keeps T5 off the GPU."),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls, repo_name, weight_dtype, t5_device):
+        transformer = model_files.diffusers_repos("transformer").get(repo_name)
+        if transformer is None:
+            raise FileNotFoundError(f"'{repo_name}' is not a diffusers repo folder in models/diffusers.")
+        repo = os.path.dirname(transformer)
+        model = load_dit_patcher(transformer, weight_dtype)
+        caption = 120 if model.model.diffusion_model.config.family == "alpha" else 300
+        clip = load_t5_clip(os.path.join(repo, "text_encoder"), device=t5_device, caption_tokens=caption,
+                            embedding_directory=folder_paths.get_folder_paths("embeddings"))
+        vae_sd = read_checkpoint(os.path.join(repo, "vae"), component="vae").state_dict
+        vae = comfy.sd.VAE(sd=vae_sd)
+        vae.throw_exception_if_invalid()
+        return io.NodeOutput(model, clip, vae)
