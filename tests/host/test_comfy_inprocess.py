@@ -1,0 +1,179 @@
+"""Host tier, in-process: our loaders inside a real ComfyUI (comfy ops, comfy attention, ModelPatcher)."""
+
+import pytest
+import torch
+from host.comfy_host import import_comfy, require_comfyui, t5_state_dict, tiny_t5
+from safetensors.torch import save_file
+
+COMFYUI = require_comfyui()
+pack = import_comfy(COMFYUI)
+
+from pixart_sigma_nodes.nodes import dit_model, t5_encoder  # noqa: E402
+from pixart_sigma_nodes.nodes.extension import PixArtExtension  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def t5_files(tmp_path_factory, tiny_tokenizer):
+    model = tiny_t5()
+    folder = tmp_path_factory.mktemp("t5")
+    single = str(folder / "t5-tiny.safetensors")
+    save_file(t5_state_dict(model), single)
+    repo = folder / "repo"
+    model.save_pretrained(str(repo / "text_encoder"), max_shard_size="200KB")
+    tiny_tokenizer[0].save_pretrained(str(repo / "tokenizer"))
+    fp16 = str(folder / "t5-tiny-fp16.safetensors")
+    save_file({k: v.half() for k, v in t5_state_dict(model).items()}, fp16)
+    return model, single, str(repo / "text_encoder"), fp16
+
+
+def _reference_t5(model, tokenizer, text, length):
+    enc = tokenizer(text.lower().strip(), padding="max_length", max_length=length, truncation=True,
+                    add_special_tokens=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state, enc.attention_mask
+
+
+@pytest.mark.parametrize("layout", ["single", "folder"])
+def test_t5_clip_equals_transformers(t5_files, tiny_tokenizer, layout):
+    model, single, folder, _ = t5_files
+    clip = t5_encoder.load_t5_clip(single if layout == "single" else folder, dtype="fp32")
+    text = "A photo of a CAT riding the moon"
+    out = clip.encode_from_tokens(clip.tokenize(text), return_dict=True)
+    if layout == "folder":  # tokenizer found beside the weights
+        tokenizer = tiny_tokenizer[0]
+    else:  # ComfyUI's bundled T5 tokenizer
+        from transformers import T5TokenizerFast
+
+        tokenizer = T5TokenizerFast.from_pretrained(t5_encoder.BUNDLED_TOKENIZER)
+    ref, mask = _reference_t5(model, tokenizer, text, 300)
+    assert out["cond"].shape == ref.shape == (1, 300, 32)
+    assert torch.equal(out["attention_mask"].to(mask.dtype), mask)
+    real = mask[0].bool()
+    assert (out["cond"][0, real] - ref[0, real]).abs().max() < 1e-5
+
+
+def test_t5_fp16_storage_stays_finite(t5_files):
+    _, _, _, fp16 = t5_files
+    clip = t5_encoder.load_t5_clip(fp16)
+    out = clip.encode_from_tokens(clip.tokenize("a red dog"), return_dict=True)
+    assert torch.isfinite(out["cond"]).all()
+
+
+def test_t5_caption_length_and_truncation(t5_files, caplog):
+    _, single, _, _ = t5_files
+    clip = t5_encoder.load_t5_clip(single, caption_tokens=120)
+    tokens = clip.tokenize("a big red dog " * 200)
+    batch = tokens["t5xxl"][0]
+    assert len(tokens["t5xxl"]) == 1 and len(batch) == 120 and batch[-1][0] == 1
+    assert "over PixArt's 120-token limit" in caplog.text
+    empty = clip.tokenize("")["t5xxl"][0]
+    assert [t for t, _ in empty[:2]] == [1, 0] and len(empty) == 120
+
+
+def test_dit_under_comfy_equals_core_reference(sigma_ckpt):
+    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_pth"], "fp32")
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([patcher])
+    dit = patcher.model.diffusion_model
+    assert type(dit).__name__ == "ComfyPixArtDiT"
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 12, 20, generator=generator)
+    context = torch.randn(2, 300, 32, generator=generator)
+    mask = torch.zeros(2, 300)
+    mask[0, :5] = 1
+    mask[1, :77] = 1
+    t = torch.tensor([999.0, 250.0])
+    with torch.no_grad():
+        ours = dit(x, t, context, attention_mask=mask, transformer_options={})
+        ref = sigma_ckpt.model(x, encoder_hidden_states=context, timestep=t, encoder_attention_mask=mask,
+                               return_dict=False)[0]
+    assert ours.shape == (2, 4, 12, 20)
+    assert (ours - ref[:, :4]).abs().max() <= 1e-5
+
+
+def test_model_config_and_latent_format(sigma_ckpt, alpha_ckpt):
+    sigma = dit_model.load_dit_patcher(sigma_ckpt.paths["diffusers_repo"])
+    alpha = dit_model.load_dit_patcher(alpha_ckpt.paths["original_safetensors"])
+    assert sigma.model.latent_format.scale_factor == 0.13025
+    assert alpha.model.latent_format.scale_factor == 0.18215
+    sampling = sigma.model.model_sampling
+    from pixart_sigma_nodes.pixart.schedule import train_sigmas
+
+    assert torch.allclose(sampling.sigmas.double(), train_sigmas(), rtol=1e-5)
+
+
+def test_fp8_weights_load_through_comfy_casting(sigma_ckpt):
+    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp8_e4m3fn")
+    dit = patcher.model.diffusion_model
+    assert dit.blocks[0].attn.qkv.weight.dtype == torch.float8_e4m3fn
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        out = patcher.model.apply_model(x, torch.tensor([5.0]), c_crossattn=torch.randn(1, 300, 32))
+    assert torch.isfinite(out).all()
+
+
+def test_node_schemas():
+    import asyncio
+
+    nodes = asyncio.run(PixArtExtension().get_node_list())
+    ids = {node.GET_SCHEMA().node_id for node in nodes}
+    assert {"PixArtT5Loader", "PixArtDiTLoader", "PixArtTextEncode", "PixArtDiffusersLoader"} <= ids
+    for node in nodes:
+        schema = node.GET_SCHEMA()
+        assert schema.category.startswith("PixArt/")
+        for item in schema.inputs:
+            assert item.tooltip, f"{schema.node_id}.{item.id} has no tooltip"
+
+
+def _sample(patcher, positive, negative, seed=0, steps=3):
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 12, 16)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(patcher, noise, steps, 4.5, "dpmpp_2m", "normal", positive, negative, latent,
+                               denoise=1.0, seed=seed, disable_pbar=True)
+
+
+def test_lowvram_partial_load_gives_the_same_result(sigma_ckpt):
+    """Weights streamed per layer by ComfyUI's casting ops (lowvram) compute exactly what a full load does."""
+    import comfy.model_management
+
+    full = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    partial = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    positive = [[torch.randn(1, 300, 32, generator=torch.Generator().manual_seed(1)),
+                 {"attention_mask": torch.tensor([[1] * 9 + [0] * 291])}]]
+    negative = [[torch.randn(1, 300, 32, generator=torch.Generator().manual_seed(2)),
+                 {"attention_mask": torch.tensor([[1] + [0] * 299])}]]
+    reference = _sample(full, positive, negative)
+    comfy.model_management.unload_all_models()
+    budget = partial.model_size() // 4
+    partial.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
+    streamed = [m for m in partial.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+    assert streamed, "lowvram loading should leave some layers to be cast on the fly"
+    assert torch.equal(_sample(partial, positive, negative), reference)
+    partial.unpatch_model()
+
+
+def test_native_style_conditioning_without_mask(sigma_ckpt):
+    """ComfyUI's own PixArt CLIP gives unpadded T5 tokens with no mask, cond and uncond of different lengths."""
+    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    positive = [[torch.randn(1, 9, 32), {}]]
+    negative = [[torch.randn(1, 1, 32), {}]]
+    out = _sample(patcher, positive, negative)
+    assert out.shape == (1, 4, 12, 16) and torch.isfinite(out).all()
+
+
+def test_attention_mask_reaches_the_dit(sigma_ckpt):
+    """Changing the padded T5 positions changes nothing when the mask travels; it does without the mask."""
+    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    cond = torch.randn(1, 300, 32, generator=torch.Generator().manual_seed(3))
+    noisy = cond.clone()
+    noisy[:, 12:] += 3
+    mask = {"attention_mask": torch.tensor([[1] * 12 + [0] * 288])}
+    negative = [[torch.zeros(1, 300, 32), {"attention_mask": torch.tensor([[1] + [0] * 299])}]]
+    a = _sample(patcher, [[cond, dict(mask)]], negative)
+    b = _sample(patcher, [[noisy, dict(mask)]], negative)
+    c = _sample(patcher, [[noisy, {}]], negative)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (a - c).abs().max() > 1e-3

@@ -1,0 +1,123 @@
+"""Host tier against a real ComfyUI server (API mode): our loaders feed core nodes end to end."""
+import os
+import re
+import shutil
+import time
+
+import pytest
+from host.comfy_host import require_comfyui, t5_state_dict, tiny_t5, tiny_vae
+from host.comfy_server import ComfyServer, error_message
+from safetensors.torch import save_file
+
+COMFYUI = require_comfyui()
+REPO = "PixArt-Sigma-tiny"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, sigma_ckpt, tiny_tokenizer):
+    base = tmp_path_factory.mktemp("comfy_base")
+    models = base / "models"
+    for folder in ("diffusion_models", "text_encoders", "vae", "diffusers"):
+        (models / folder).mkdir(parents=True)
+    shutil.copy(sigma_ckpt.paths["original_safetensors"], models / "diffusion_models" / "sigma-tiny.safetensors")
+    shutil.copy(sigma_ckpt.paths["original_pth"], models / "diffusion_models" / "sigma-tiny.pth")
+    repo = models / "diffusers" / REPO
+    shutil.copytree(sigma_ckpt.paths["diffusers_repo"], repo)
+    t5 = tiny_t5()
+    save_file(t5_state_dict(t5), str(models / "text_encoders" / "t5-tiny.safetensors"))
+    t5.save_pretrained(str(repo / "text_encoder"), max_shard_size="200KB")
+    tiny_tokenizer[0].save_pretrained(str(repo / "tokenizer"))
+    vae = tiny_vae()
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(models / "vae" / "vae-tiny.safetensors"))
+    vae.save_pretrained(str(repo / "vae"))
+    instance = ComfyServer(COMFYUI, str(base))
+    yield instance
+    instance.stop()
+
+
+def text_to_image(dit_name: str, t5_name: str, seed: int = 1, prefix: str = "pixart") -> dict:
+    return {
+        "t5": {"class_type": "PixArtT5Loader",
+               "inputs": {"t5_name": t5_name, "dtype": "default", "device": "default", "caption_length": "sigma_300"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["t5", 0], "text": "A photo of a cat riding the moon"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["t5", 0], "text": ""}},
+        "dit": {"class_type": "PixArtDiTLoader", "inputs": {"dit_name": dit_name, "weight_dtype": "default"}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 96, "batch_size": 1}},
+        "sample": {"class_type": "KSampler",
+                   "inputs": {"model": ["dit", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+                              "latent_image": ["latent", 0], "seed": seed, "steps": 3, "cfg": 4.5,
+                              "sampler_name": "dpmpp_2m", "scheduler": "normal", "denoise": 1.0}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "vae-tiny.safetensors"}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
+    }
+
+
+def _assert_image_saved(server, entry, prefix):
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    images = entry["outputs"]["save"]["images"]
+    assert len(images) == 1 and images[0]["filename"].startswith(prefix)
+    path = os.path.join(server.base, "output", images[0].get("subfolder", ""), images[0]["filename"])
+    assert os.path.getsize(path) > 0
+
+
+def test_nodes_are_listed(server):
+    info = server.get("/object_info")
+    for node in ("PixArtT5Loader", "PixArtDiTLoader", "PixArtTextEncode", "PixArtDiffusersLoader"):
+        assert node in info, node
+    dit_choices = info["PixArtDiTLoader"]["input"]["required"]["dit_name"][1]["options"]
+    assert {"sigma-tiny.safetensors", "sigma-tiny.pth", f"diffusers/{REPO}"} <= set(dit_choices)
+    t5_choices = info["PixArtT5Loader"]["input"]["required"]["t5_name"][1]["options"]
+    assert {"t5-tiny.safetensors", f"diffusers/{REPO}"} <= set(t5_choices)
+
+
+@pytest.mark.parametrize("dit_name,t5_name", [
+    ("sigma-tiny.safetensors", "t5-tiny.safetensors"),
+    ("sigma-tiny.pth", "t5-tiny.safetensors"),
+    (f"diffusers/{REPO}", "t5-tiny.safetensors"),
+    ("sigma-tiny.safetensors", f"diffusers/{REPO}"),
+])
+def test_core_graph_runs_for_every_layout(server, dit_name, t5_name):
+    prefix = re.sub(r"[^a-z0-9]+", "_", f"{dit_name}_{t5_name}".lower())
+    entry = server.run(text_to_image(dit_name, t5_name, prefix=prefix))
+    _assert_image_saved(server, entry, prefix)
+
+
+def test_pixart_text_encode_and_repo_loader(server):
+    prompt = {
+        "repo": {"class_type": "PixArtDiffusersLoader",
+                 "inputs": {"repo_name": f"diffusers/{REPO}", "weight_dtype": "default", "t5_device": "cpu"}},
+        "pos": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["repo", 1], "text": "a red dog on the moon"}},
+        "neg": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["repo", 1], "text": ""}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "sample": {"class_type": "KSampler",
+                   "inputs": {"model": ["repo", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+                              "latent_image": ["latent", 0], "seed": 3, "steps": 2, "cfg": 4.5,
+                              "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["repo", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "repo_loader"}},
+    }
+    entry = server.run(prompt)
+    _assert_image_saved(server, entry, "repo_loader")
+    texts = entry["outputs"]["pos"]["text"]
+    assert texts == ["7/300 tokens"], texts  # six words + EOS
+
+
+def test_free_unloads_and_next_run_reloads(server):
+    def loads():
+        return server.log().count("Requested to load PixArtModel")
+
+    graph = lambda seed: text_to_image("sigma-tiny.safetensors", "t5-tiny.safetensors", seed=seed, prefix="free")  # noqa: E731
+    _assert_image_saved(server, server.run(graph(100)), "free")
+    before = loads()
+    assert before >= 1
+    _assert_image_saved(server, server.run(graph(101)), "free")
+    assert loads() == before, "the model should stay loaded between runs"
+    status, _ = server.post("/free", {"unload_models": True, "free_memory": True})
+    assert status == 200
+    deadline = time.time() + 30
+    while time.time() < deadline and "unload" not in server.log().lower()[-2000:]:
+        time.sleep(0.5)
+    time.sleep(2)
+    _assert_image_saved(server, server.run(graph(102)), "free")
+    assert loads() == before + 1, "after /free the model is loaded again"
