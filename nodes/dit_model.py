@@ -22,8 +22,10 @@ from ..pixart.dit import PixArtDiT
 
 log = logging.getLogger(__name__)
 
-# transformer_options key holding a pixart.kv_compress.KVCompress for the current run.
+# transformer_options keys: a pixart.kv_compress.KVCompress for the run, and the lowest sigma it applies at
+# (compression only while the current sigma is at or above it; 0 = every step).
 KV_COMPRESS_OPTION = "pixart_kv_compress"
+KV_MIN_SIGMA_OPTION = "pixart_kv_min_sigma"
 
 # Measured by bench/memory_usage_factor.py (peak activation bytes of one forward relative to ComfyUI's
 # area * dtype_size * 0.01 MiB formula); see the benchmarks document.
@@ -45,8 +47,18 @@ class ComfyPixArtDiT(PixArtDiT):
             return optimized_attention(q, k, v, heads, mask=mask, transformer_options=options)
 
         out = super().forward(x, timesteps, context, context_mask=attention_mask, c_size=c_size, c_ar=c_ar,
-                              kv_compress=options.get(KV_COMPRESS_OPTION), attention=attention)
+                              kv_compress=_kv_for_step(options), attention=attention)
         return out[:, : self.config.in_channels]  # epsilon; the learned-variance channels are not used
+
+
+def _kv_for_step(options: dict):
+    compress = options.get(KV_COMPRESS_OPTION)
+    if compress is None:
+        return None
+    sigmas = options.get("sigmas")
+    if sigmas is not None and float(sigmas.max()) < options.get(KV_MIN_SIGMA_OPTION, 0.0):
+        return None
+    return compress
 
 
 class PixArtModel(comfy.model_base.BaseModel):
