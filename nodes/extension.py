@@ -1,10 +1,13 @@
 """The pack's ComfyUI V3 extension: the list of nodes it registers."""
 from comfy_api.latest import ComfyExtension, io
 
+from .kv_nodes import PixArtKVCompress, PixArtKVSampler
+from .latent_nodes import PixArtEmptyLatent, PixArtVAEDecode
 from .loaders import PixArtDiffusersLoader, PixArtDiTLoader, PixArtT5Loader
 from .text_encode import PixArtTextEncode
 
 
 class PixArtExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [PixArtT5Loader, PixArtDiTLoader, PixArtDiffusersLoader, PixArtTextEncode]
+        return [PixArtT5Loader, PixArtDiTLoader, PixArtDiffusersLoader, PixArtTextEncode, PixArtKVSampler,
+                PixArtKVCompress, PixArtEmptyLatent, PixArtVAEDecode]

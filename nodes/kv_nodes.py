@@ -1,0 +1,141 @@
+"""KV compression as a per-run MODEL patch and as a one-node sampler with diffusers-exact defaults.
+
+The patch clones the ModelPatcher and sets transformer_options; the loaded model is never changed, so the
+same MODEL can run compressed and uncompressed side by side.
+"""
+from __future__ import annotations
+
+import comfy.samplers
+import nodes as comfy_nodes
+import torch
+from comfy_api.latest import io
+
+from ..pixart.dit import PixArtDiT
+from ..pixart.kv_compress import MODES, KVCompress, parse_layers
+from .dit_model import KV_COMPRESS_OPTION, KV_MIN_SIGMA_OPTION
+from .scheduler import REFERENCE_SCHEDULER, register
+
+register()
+
+KV_RATIOS = {"off": 1, "2x2": 2, "3x3": 3, "4x4": 4}
+
+
+def kv_inputs() -> list:
+    return [
+        io.Combo.Input("kv_compress", options=list(KV_RATIOS), default="off",
+                       tooltip="PixArt-Σ KV token compression: keys/values of self-attention downsampled s×s in the "
+                               "chosen layers (queries keep full length). 2x2 cuts those layers' attention cost ~4x; "
+                               "trades some detail for speed at 2K/4K."),
+        io.String.Input("kv_layers", default="",
+                        tooltip="Blocks to compress, e.g. '14-27' or '0,4,8-11' or 'all'. Empty = the deep half "
+                                "(14-27 of 28), the paper's best placement, scaled to the model's depth."),
+        io.Combo.Input("kv_mode", options=list(MODES), default="avg",
+                       tooltip="avg: window mean (training-free); nearest: official 'ave' (nearest sampling); "
+                               "uniform: every s-th token; conv: the checkpoint's trained conv (only if it has one)."),
+        io.Float.Input("kv_steps", default=1.0, min=0.0, max=1.0, step=0.05,
+                       tooltip="Fraction of the steps, from the first, that run compressed; later steps run in full "
+                               "to restore detail. 1.0 = all steps."),
+    ]
+
+
+def pixart_dit(model) -> PixArtDiT:
+    dit = model.get_model_object("diffusion_model")
+    if not isinstance(dit, PixArtDiT):
+        raise ValueError("This MODEL is not a PixArt DiT from the PixArt DiT Loader; KV compression and the learned "
+                         "null caption need one.")
+    return dit
+
+
+def apply_kv(model, kv_compress: str, kv_layers: str, kv_mode: str, kv_steps: float):
+    """Clone with the KV setting in transformer_options; 'off' returns the model unchanged."""
+    ratio = KV_RATIOS[kv_compress]
+    if ratio == 1 or kv_steps <= 0.0:
+        return model
+    dit = pixart_dit(model)
+    setting = KVCompress(ratio, parse_layers(kv_layers, dit.config.depth), kv_mode)
+    dit.check_kv_compress(setting)
+    patched = model.clone()
+    options = dict(patched.model_options.get("transformer_options", {}))
+    options[KV_COMPRESS_OPTION] = setting
+    options[KV_MIN_SIGMA_OPTION] = float(model.get_model_object("model_sampling").percent_to_sigma(kv_steps))
+    patched.model_options = {**patched.model_options, "transformer_options": options}
+    return patched
+
+
+def null_caption_negative(model, positive):
+    """Negative conditioning from the checkpoint's learned empty caption (the official PixArt CFG), carrying
+    the positive's attention mask as the official samplers do."""
+    dit = pixart_dit(model)
+    if dit.y_embedder.y_embedding is None:
+        raise ValueError("This PixArt checkpoint carries no learned null caption (y_embedding), so 'negative' cannot "
+                         "be left empty: connect a negative prompt, e.g. PixArt Text Encode with empty text.")
+    null = dit.null_caption(1).detach().to("cpu", torch.float32)  # (1, L, C)
+    negative = []
+    for _, extras in positive:
+        entry = {k: v for k, v in extras.items() if k in ("width", "height", "aspect_ratio")}
+        mask = extras.get("attention_mask")
+        if mask is not None and mask.shape[-1] == null.shape[1]:
+            entry["attention_mask"] = mask
+        negative.append([null.clone(), entry])
+    return negative
+
+
+class PixArtKVCompress(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PixArtKVCompress",
+            display_name="PixArt KV Compression",
+            category="PixArt/sampling",
+            description="Returns a copy of the MODEL that runs with KV token compression, for KSampler and "
+                        "SamplerCustomAdvanced. The input MODEL is not changed.",
+            inputs=[io.Model.Input("model", tooltip="A MODEL from the PixArt DiT Loader.")] + kv_inputs(),
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, kv_compress, kv_layers, kv_mode, kv_steps):
+        return io.NodeOutput(apply_kv(model, kv_compress, kv_layers, kv_mode, kv_steps))
+
+
+class PixArtKVSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PixArtKVSampler",
+            display_name="PixArt Sampler (KV compression)",
+            category="PixArt/sampling",
+            description="Samples with ComfyUI's sampler stack. Defaults reproduce diffusers' PixArtSigmaPipeline: "
+                        "20 steps, cfg 4.5, DPM-Solver++ 2M on the reference timestep schedule.",
+            inputs=[
+                io.Model.Input("model", tooltip="A MODEL from the PixArt DiT Loader."),
+                io.Conditioning.Input("positive", tooltip="The prompt (PixArt Text Encode or CLIPTextEncode)."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Optional. Left empty, the checkpoint's learned null caption is used "
+                                              "(the official PixArt classifier-free guidance)."),
+                io.Latent.Input("latent_image", tooltip="PixArt Empty Latent, or an encoded image for img2img."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed; equals diffusers' torch.Generator('cpu').manual_seed(seed) for batch 1."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Sampling steps (reference: 20)."),
+                io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (reference: 4.5)."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="dpmpp_2m",
+                               tooltip="Any ComfyUI sampler; dpmpp_2m is the reference DPM-Solver++ 2M."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default=REFERENCE_SCHEDULER,
+                               tooltip="pixart_reference = diffusers' integer timesteps round(linspace(0, 999, "
+                                       "steps+1)) reversed; any ComfyUI scheduler works."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Below 1 for img2img: how much of the input latent is re-noised."),
+            ] + kv_inputs(),
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
+                kv_compress, kv_layers, kv_mode, kv_steps, negative=None):
+        if negative is None:
+            negative = null_caption_negative(model, positive)
+        model = apply_kv(model, kv_compress, kv_layers, kv_mode, kv_steps)
+        (latent,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                                latent_image, denoise=denoise)
+        return io.NodeOutput(latent)
