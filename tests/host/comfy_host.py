@@ -78,5 +78,10 @@ def tiny_vae(seed: int = 0):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-                         up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2).eval()
+    vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2,
+                        scaling_factor=0.13025).eval()
+    with torch.no_grad():  # keep decoded pixels inside [-1, 1], as a trained VAE's mostly are
+        vae.decoder.conv_out.weight.mul_(0.05)
+        vae.decoder.conv_out.bias.zero_()
+    return vae

@@ -5,34 +5,12 @@ import shutil
 import time
 
 import pytest
-from host.comfy_host import require_comfyui, t5_state_dict, tiny_t5, tiny_vae
-from host.comfy_server import ComfyServer, error_message
+from host.comfy_host import require_comfyui
+from host.comfy_server import error_message
+from host.conftest import REPO
 from safetensors.torch import save_file
 
-COMFYUI = require_comfyui()
-REPO = "PixArt-Sigma-tiny"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, sigma_ckpt, tiny_tokenizer):
-    base = tmp_path_factory.mktemp("comfy_base")
-    models = base / "models"
-    for folder in ("diffusion_models", "text_encoders", "vae", "diffusers"):
-        (models / folder).mkdir(parents=True)
-    shutil.copy(sigma_ckpt.paths["original_safetensors"], models / "diffusion_models" / "sigma-tiny.safetensors")
-    shutil.copy(sigma_ckpt.paths["original_pth"], models / "diffusion_models" / "sigma-tiny.pth")
-    repo = models / "diffusers" / REPO
-    shutil.copytree(sigma_ckpt.paths["diffusers_repo"], repo)
-    t5 = tiny_t5()
-    save_file(t5_state_dict(t5), str(models / "text_encoders" / "t5-tiny.safetensors"))
-    t5.save_pretrained(str(repo / "text_encoder"), max_shard_size="200KB")
-    tiny_tokenizer[0].save_pretrained(str(repo / "tokenizer"))
-    vae = tiny_vae()
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(models / "vae" / "vae-tiny.safetensors"))
-    vae.save_pretrained(str(repo / "vae"))
-    instance = ComfyServer(COMFYUI, str(base))
-    yield instance
-    instance.stop()
+require_comfyui()
 
 
 def text_to_image(dit_name: str, t5_name: str, seed: int = 1, prefix: str = "pixart") -> dict:

@@ -1,0 +1,165 @@
+"""Host tier: the latent graph (our sampler, bins, decode) against diffusers' PixArtSigmaPipeline, and KV
+compression, img2img and latent upscale through a real ComfyUI server in API mode."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from host.comfy_host import require_comfyui
+from host.comfy_server import error_message
+from host.conftest import REPO
+
+require_comfyui()
+PROMPT = "A photo of a CAT riding the moon"
+SDXL_SCALE = 0.13025
+
+
+def _pipeline(server, transformer):
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
+
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                            num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2,
+                                            solver_type="midpoint", lower_order_final=True, prediction_type="epsilon",
+                                            timestep_spacing="linspace")
+    ref = server.reference
+    return PixArtSigmaPipeline(tokenizer=ref["tokenizer"], text_encoder=ref["t5"], vae=ref["vae"],
+                               transformer=transformer, scheduler=scheduler)
+
+
+def _graph(dit_name, width, height, binning, seed, **sampler):
+    return {
+        "t5": {"class_type": "PixArtT5Loader", "inputs": {"t5_name": f"diffusers/{REPO}", "dtype": "fp32",
+                                                           "device": "default", "caption_length": "sigma_300"}},
+        "pos": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["t5", 0], "text": PROMPT}},
+        "neg": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["t5", 0], "text": ""}},
+        "dit": {"class_type": "PixArtDiTLoader", "inputs": {"dit_name": dit_name, "weight_dtype": "fp32"}},
+        "latent": {"class_type": "PixArtEmptyLatent", "inputs": {"width": width, "height": height, "batch_size": 1,
+                                                                 "binning": binning, "model": ["dit", 0]}},
+        "sample": {"class_type": "PixArtKVSampler", "inputs": {
+            "model": ["dit", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": seed, "steps": 20, "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "pixart_reference",
+            "denoise": 1.0, "kv_compress": "off", "kv_layers": "", "kv_mode": "avg", "kv_steps": 1.0, **sampler}},
+        "save_latent": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": f"lat{seed}"}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "vae-tiny.safetensors"}},
+        "decode": {"class_type": "PixArtVAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0],
+                                                               "tiling": "auto", "tile_size": 1024}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": f"img{seed}"}},
+    }
+
+
+def _outputs(server, entry):
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    out = entry["outputs"]
+    latent_info = out["save_latent"]["latents"][0]
+    latent = load_file(os.path.join(server.base, "output", latent_info["subfolder"], latent_info["filename"]))
+    image_info = out["save"]["images"][0]
+    image = np.asarray(Image.open(os.path.join(server.base, "output", image_info["subfolder"], image_info["filename"])))
+    return latent["latent_tensor"], image
+
+
+@pytest.mark.parametrize("dit_name,size,binning,seed", [
+    ("sigma-tiny.safetensors", (128, 96), "off", 7),
+    ("sigma256-tiny.pth", (200, 120), "model", 11),
+], ids=["1024-model-no-binning", "256-model-binned"])
+def test_defaults_reproduce_the_diffusers_pipeline(server, sigma_ckpt, dit_name, size, binning, seed):
+    width, height = size
+    latent, image = _outputs(server, server.run(_graph(dit_name, width, height, binning, seed)))
+    transformer = sigma_ckpt.model if dit_name.startswith("sigma-tiny") else server.reference["sigma256"]
+    pipe = _pipeline(server, transformer)
+    kwargs = dict(prompt=PROMPT, negative_prompt="", num_inference_steps=20, guidance_scale=4.5, height=height,
+                  width=width, use_resolution_binning=binning != "off", clean_caption=False, max_sequence_length=300)
+    with torch.no_grad():
+        ref_latent = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+        ref_image = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="pt").images
+    ours = latent * SDXL_SCALE  # ComfyUI stores latents divided by the VAE scale
+    assert ours.shape == ref_latent.shape
+    relative = ((ours - ref_latent).abs().max() / ref_latent.std()).item()
+    print(f"\n{dit_name} {size} binning={binning}: latent max error / std = {relative:.2e}")
+    assert relative <= 3e-4
+    ref_pixels = (ref_image[0].permute(1, 2, 0).numpy() * 255).round()
+    assert image.shape == ref_pixels.shape == (height, width, 3)
+    pixel_error = np.abs(image.astype(np.float64) - ref_pixels).max()
+    print(f"max pixel difference: {pixel_error:.0f}/255")
+    assert pixel_error <= 3
+
+
+def _sample_only(dit_name, seed, extra_nodes=None, **sampler):
+    graph = _graph(dit_name, 128, 96, "off", seed, **sampler)
+    for key in ("vae", "decode", "save"):
+        graph.pop(key)
+    graph.update(extra_nodes or {})
+    return graph
+
+
+def test_kv_compression_runs_and_differs(server):
+    off, _ = None, None
+    entry = server.run(_sample_only("sigma-tiny.safetensors", 5))
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    off = _latent(server, entry)
+    results = {}
+    for label, settings in {"2x2 avg all": {"kv_compress": "2x2", "kv_layers": "all"},
+                            "3x3 nearest": {"kv_compress": "3x3", "kv_mode": "nearest", "kv_layers": "1"},
+                            "4x4 uniform half steps": {"kv_compress": "4x4", "kv_mode": "uniform", "kv_steps": 0.5},
+                            "no layers": {"kv_compress": "2x2", "kv_steps": 0.0}}.items():
+        entry = server.run(_sample_only("sigma-tiny.safetensors", 5, **settings))
+        assert entry["status"]["status_str"] == "success", f"{label}: {error_message(entry)}"
+        results[label] = _latent(server, entry)
+        assert torch.isfinite(results[label]).all(), label
+    # 96x128 px -> latent 12x16 -> tokens 6x8: not divisible by 4 (nor 3 in width)
+    for label in ("2x2 avg all", "3x3 nearest", "4x4 uniform half steps"):
+        assert (results[label] - off).abs().max() > 1e-4, label
+    assert torch.equal(results["no layers"], off)
+
+
+def _latent(server, entry):
+    info = entry["outputs"]["save_latent"]["latents"][0]
+    return load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
+
+
+def test_kv_patch_node_leaves_the_model_unpatched(server):
+    extra = {"patch": {"class_type": "PixArtKVCompress", "inputs": {"model": ["dit", 0], "kv_compress": "2x2",
+                                                                    "kv_layers": "all", "kv_mode": "avg", "kv_steps": 1.0}},
+             "ksampler": {"class_type": "KSampler", "inputs": {
+                 "model": ["patch", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+                 "seed": 5, "steps": 20, "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "pixart_reference",
+                 "denoise": 1.0}},
+             "save_patched": {"class_type": "SaveLatent", "inputs": {"samples": ["ksampler", 0],
+                                                                     "filename_prefix": "patched"}}}
+    entry = server.run(_sample_only("sigma-tiny.safetensors", 5, extra_nodes=extra))
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    unpatched = _latent(server, entry)  # the sampler node used the original MODEL in the same graph
+    info = entry["outputs"]["save_patched"]["latents"][0]
+    patched = load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
+    compressed = _latent(server, server.run(_sample_only("sigma-tiny.safetensors", 5, kv_compress="2x2", kv_layers="all")))
+    plain = _latent(server, server.run(_sample_only("sigma-tiny.safetensors", 5)))
+    assert torch.equal(unpatched, plain)
+    assert torch.allclose(patched, compressed, atol=1e-6)
+
+
+def test_null_caption_negative_and_img2img_and_upscale(server):
+    graph = _graph("sigma-tiny.safetensors", 128, 96, "off", 9, steps=4)
+    graph["sample"]["inputs"].pop("negative")  # learned null caption
+    graph["encode"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["decode", 0], "vae": ["vae", 0]}}
+    graph["img2img"] = {"class_type": "KSampler", "inputs": {
+        "model": ["dit", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["encode", 0],
+        "seed": 1, "steps": 4, "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "pixart_reference", "denoise": 0.5}}
+    graph["upscale"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["img2img", 0], "upscale_method":
+                                                                  "bilinear", "width": 192, "height": 160, "crop": "disabled"}}
+    graph["hires"] = {"class_type": "PixArtKVSampler", "inputs": {**graph["sample"]["inputs"], "latent_image":
+                                                                  ["upscale", 0], "denoise": 0.6, "kv_compress": "2x2"}}
+    graph["decode2"] = {"class_type": "PixArtVAEDecode", "inputs": {"samples": ["hires", 0], "vae": ["vae", 0],
+                                                                    "tiling": "on", "tile_size": 256}}
+    graph["save2"] = {"class_type": "SaveImage", "inputs": {"images": ["decode2", 0], "filename_prefix": "hires"}}
+    entry = server.run(graph)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    info = entry["outputs"]["save2"]["images"][0]
+    image = Image.open(os.path.join(server.base, "output", info["subfolder"], info["filename"]))
+    assert image.size == (192, 160)
+
+
+def test_reference_scheduler_is_registered(server):
+    info = server.get("/object_info/KSampler")
+    assert "pixart_reference" in info["KSampler"]["input"]["required"]["scheduler"][0]
