@@ -6,9 +6,10 @@ same MODEL can run compressed and uncompressed side by side.
 from __future__ import annotations
 
 import comfy.samplers
-import nodes as comfy_nodes
 import torch
 from comfy_api.latest import io
+
+import nodes as comfy_nodes
 
 from ..pixart.dit import PixArtDiT
 from ..pixart.kv_compress import MODES, KVCompress, parse_layers

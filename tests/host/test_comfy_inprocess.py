@@ -188,7 +188,6 @@ def test_tiled_decode_matches_untiled_without_seams():
     inside tiles (no seams).
     """
     import comfy.sd
-
     from host.comfy_host import tiny_vae
 
     vae = comfy.sd.VAE(sd={k: v.contiguous() for k, v in tiny_vae().state_dict().items()})

@@ -5,12 +5,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import load_file
-
 from host.comfy_host import require_comfyui
 from host.comfy_server import error_message
 from host.conftest import REPO
+from PIL import Image
+from safetensors.torch import load_file
 
 require_comfyui()
 PROMPT = "A photo of a CAT riding the moon"
@@ -95,7 +94,6 @@ def _sample_only(dit_name, seed, extra_nodes=None, **sampler):
 
 
 def test_kv_compression_runs_and_differs(server):
-    off, _ = None, None
     entry = server.run(_sample_only("sigma-tiny.safetensors", 5))
     assert entry["status"]["status_str"] == "success", error_message(entry)
     off = _latent(server, entry)
@@ -146,8 +144,8 @@ def test_null_caption_negative_and_img2img_and_upscale(server):
     graph["img2img"] = {"class_type": "KSampler", "inputs": {
         "model": ["dit", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["encode", 0],
         "seed": 1, "steps": 4, "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "pixart_reference", "denoise": 0.5}}
-    graph["upscale"] = {"class_type": "LatentUpscale", "inputs": {"samples": ["img2img", 0], "upscale_method":
-                                                                  "bilinear", "width": 192, "height": 160, "crop": "disabled"}}
+    graph["upscale"] = {"class_type": "LatentUpscale", "inputs": {
+        "samples": ["img2img", 0], "upscale_method": "bilinear", "width": 192, "height": 160, "crop": "disabled"}}
     graph["hires"] = {"class_type": "PixArtKVSampler", "inputs": {**graph["sample"]["inputs"], "latent_image":
                                                                   ["upscale", 0], "denoise": 0.6, "kv_compress": "2x2"}}
     graph["decode2"] = {"class_type": "PixArtVAEDecode", "inputs": {"samples": ["hires", 0], "vae": ["vae", 0],

@@ -1,14 +1,12 @@
 """Host tier against a real ComfyUI server (API mode): our loaders feed core nodes end to end."""
 import os
 import re
-import shutil
 import time
 
 import pytest
 from host.comfy_host import require_comfyui
 from host.comfy_server import error_message
 from host.conftest import REPO
-from safetensors.torch import save_file
 
 require_comfyui()
 
