@@ -35,7 +35,8 @@ MEMORY_USAGE_FACTOR = 0.52  # measured 0.32-0.51 for 64-128 latent sides (2026-1
 class ComfyPixArtDiT(PixArtDiT):
     """PixArtDiT with ComfyUI's diffusion_model call signature and attention dispatch."""
 
-    def __init__(self, dit_config: DiTConfig, dtype=None, device=None, operations=None, **_unused):
+    def __init__(self, dit_config: DiTConfig, dtype=None, device=None, operations=None, depth=None, hidden_size=None):
+        # depth / hidden_size repeat dit_config's values in unet_config for ComfyUI's LoRA key mapping.
         super().__init__(dit_config, operations=operations, dtype=dtype, device=device)
         self.dtype = dtype
 
@@ -61,12 +62,16 @@ def _kv_for_step(options: dict):
     return compress
 
 
-class PixArtModel(comfy.model_base.BaseModel):
+class PixArtModel(comfy.model_base.PixArt):
+    """Our DiT in ComfyUI's PixArt model slot: being a comfy PixArt makes ComfyUI's own LoRA key mapping
+    (diffusers/PEFT names onto the fused qkv/kv weights) apply, since our weights keep the original names."""
+
     def __init__(self, model_config, device=None):
-        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device, unet_model=ComfyPixArtDiT)
+        comfy.model_base.BaseModel.__init__(self, model_config, comfy.model_base.ModelType.EPS, device=device,
+                                            unet_model=ComfyPixArtDiT)
 
     def extra_conds(self, **kwargs):
-        out = super().extra_conds(**kwargs)
+        out = comfy.model_base.BaseModel.extra_conds(self, **kwargs)
         cross_attn = kwargs.get("cross_attn")
         if cross_attn is not None:
             # Regular (not CrossAttn) conds are never padded by repetition, which would break the mask.
@@ -115,7 +120,9 @@ def build_patcher(weights: DiTWeights, weight_dtype: str = "default") -> comfy.m
     """Wrap loaded weights into a ComfyUI ModelPatcher, letting ComfyUI choose dtypes and devices."""
     options = WEIGHT_DTYPES[weight_dtype]
     config_class = PixArtAlphaConfig if weights.config.family == ALPHA else PixArtSigmaConfig
-    model_config = config_class({"dit_config": weights.config})
+    # depth and hidden_size are what ComfyUI's PixArt LoRA key mapping reads.
+    model_config = config_class({"dit_config": weights.config, "depth": weights.config.depth,
+                                 "hidden_size": weights.config.hidden_size})
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
     state_dict = weights.state_dict

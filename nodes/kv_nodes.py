@@ -5,11 +5,12 @@ same MODEL can run compressed and uncompressed side by side.
 """
 from __future__ import annotations
 
+import comfy.sample
 import comfy.samplers
+import comfy.utils
+import latent_preview
 import torch
 from comfy_api.latest import io
-
-import nodes as comfy_nodes
 
 from ..pixart.dit import PixArtDiT
 from ..pixart.kv_compress import MODES, KVCompress, parse_layers
@@ -137,6 +138,16 @@ class PixArtKVSampler(io.ComfyNode):
         if negative is None:
             negative = null_caption_negative(model, positive)
         model = apply_kv(model, kv_compress, kv_layers, kv_mode, kv_steps)
-        (latent,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                                latent_image, denoise=denoise)
-        return io.NodeOutput(latent)
+        return io.NodeOutput(sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                                    denoise))
+
+
+def sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent: dict, denoise: float) -> dict:
+    """ComfyUI's sampling path, as KSampler runs it: seeded CPU noise, noise masks, previews, progress bar."""
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    callback = latent_preview.prepare_callback(model, steps)
+    samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                                  denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
+                                  disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    return {**latent, "samples": samples}

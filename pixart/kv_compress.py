@@ -92,6 +92,12 @@ def compress_tokens(tokens: torch.Tensor, grid: tuple[int, int], ratio: int, mod
     batch, _, channels = tokens.shape
     height, width = grid
     out_h, out_w = compressed_grid(height, width, ratio)
+    if mode in ("avg", "nearest", "uniform") and height % ratio == 0 and width % ratio == 0:
+        # Fast path on the token layout itself: no transposes, works on strided q/k/v views.
+        windows = tokens.unflatten(1, (out_h, ratio, out_w, ratio))  # (B, H', s, W', s, C) view
+        # nearest onto a grid s times coarser picks each window's top-left token, like uniform
+        out = windows.mean(dim=(2, 4)) if mode == "avg" else windows[:, :, 0, :, 0]
+        return out.reshape(batch, out_h * out_w, channels)
     image = tokens.transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)
     if mode == "avg":
         # With ceil_mode and no padding each edge window divides by the tokens it actually holds.
