@@ -3,6 +3,7 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
-    from .nodes.extension import PixArtExtension
+    from .nodes.extension import PixArtExtension, register_routes
 
+    register_routes()
     return PixArtExtension()

@@ -63,7 +63,7 @@ class PixArtT5Tokenizer(sd1_clip.SDTokenizer):
         return [tokens]
 
 
-def _find_tokenizer(path: str) -> str:
+def find_tokenizer(path: str) -> str:
     """A T5 tokenizer stored beside the weights (HF layout), else ComfyUI's bundled one."""
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     candidates = [os.path.join(folder, "tokenizer"), os.path.join(os.path.dirname(os.path.normpath(folder)), "tokenizer"),
@@ -115,7 +115,7 @@ def load_t5_clip(path: str, dtype: str = "default", device: str = "default", cap
     state_dict = to_t5_state_dict(loaded.state_dict, source)
     scaled_fp8 = state_dict["scaled_fp8"].dtype if "scaled_fp8" in state_dict else None
     config = t5_config_from_weights(state_dict, source)
-    tokenizer_path = _find_tokenizer(loaded.source if os.path.isdir(path) else path)
+    tokenizer_path = find_tokenizer(loaded.source if os.path.isdir(path) else path)
     model_options = {}
     if scaled_fp8 is None:  # like ComfyUI's own T5 loading: keep the stored dtype unless told otherwise
         model_options["dtype"] = T5_DTYPES[dtype] or state_dict["encoder.final_layer_norm.weight"].dtype
