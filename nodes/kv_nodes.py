@@ -50,6 +50,8 @@ def pixart_dit(model) -> PixArtDiT:
 
 def apply_kv(model, kv_compress: str, kv_layers: str, kv_mode: str, kv_steps: float):
     """Clone with the KV setting in transformer_options; 'off' returns the model unchanged."""
+    if kv_compress not in KV_RATIOS:
+        raise ValueError(f"kv_compress '{kv_compress}' is unknown; choose one of: {', '.join(KV_RATIOS)}.")
     ratio = KV_RATIOS[kv_compress]
     if ratio == 1 or kv_steps <= 0.0:
         return model
@@ -135,6 +137,10 @@ class PixArtKVSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
                 kv_compress, kv_layers, kv_mode, kv_steps, negative=None):
+        for name, value, known in (("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS),
+                                   ("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS)):
+            if value not in known:
+                raise ValueError(f"{name} '{value}' is not available in this ComfyUI; choose one of: {', '.join(known)}.")
         if negative is None:
             negative = null_caption_negative(model, positive)
         model = apply_kv(model, kv_compress, kv_layers, kv_mode, kv_steps)

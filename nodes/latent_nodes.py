@@ -19,6 +19,8 @@ MULTIPLE = 16  # VAE factor 8 x patch 2
 
 def binned_size(height: int, width: int, binning: str, model=None) -> tuple[int, int]:
     """The (height, width) to generate at for a requested size."""
+    if binning not in BINNING:
+        raise ValueError(f"binning '{binning}' is unknown; choose one of: {', '.join(BINNING)}.")
     if binning == "off":
         return max(MULTIPLE, round(height / MULTIPLE) * MULTIPLE), max(MULTIPLE, round(width / MULTIPLE) * MULTIPLE)
     if binning == "model":

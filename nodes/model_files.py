@@ -1,7 +1,7 @@
 """Model choices shown in the loaders: files from ComfyUI's model folders and diffusers folders.
 
 Diffusers repos under models/diffusers/<repo>/ appear as 'diffusers/<repo>' when they hold the wanted
-component (transformer/ or text_encoder/ with a config.json). Every name resolves only through these lists.
+component folder (transformer/ or text_encoder/). Every name resolves only through these lists.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def diffusers_repos(component: str) -> dict[str, str]:
             continue
         for name in sorted(os.listdir(root)):
             folder = os.path.join(root, name, component)
-            if os.path.isfile(os.path.join(folder, "config.json")):
+            if os.path.isdir(folder):  # listed even when incomplete, so loading can say what is missing
                 repos.setdefault(DIFFUSERS_PREFIX + name, folder)
     return repos
 
