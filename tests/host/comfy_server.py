@@ -71,19 +71,18 @@ class ComfyServer:
             return status, body
 
     def run(self, prompt: dict, timeout: float = 300.0) -> dict:
-        """Queue an API-format prompt and wait for its history entry. Raises with the server's error if refused."""
+        """Queue an API-format prompt and wait for its history entry; raises if /prompt refuses it."""
         status, body = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
         if status != 200:
             raise AssertionError(f"/prompt refused ({status}): {body}")
-        prompt_id = body["prompt_id"]
+        return self.wait(body["prompt_id"], timeout)
+
+    def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
             history = self.get(f"/history/{prompt_id}")
             if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                entry = history[prompt_id]
-                if entry["status"].get("status_str") == "error" or not entry["status"]["completed"]:
-                    return entry
-                return entry
+                return history[prompt_id]
             time.sleep(0.25)
         raise AssertionError(f"prompt {prompt_id} did not finish in {timeout:.0f} s")
 

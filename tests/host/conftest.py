@@ -3,9 +3,10 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from host.comfy_host import require_comfyui, t5_state_dict, tiny_t5, tiny_vae
 from host.comfy_server import ComfyServer
-from safetensors.torch import save_file
 from tiny_models import original_layout, tiny_transformer
 
 REPO = "PixArt-Sigma-tiny"

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from host.comfy_host import import_comfy, require_comfyui, t5_state_dict, tiny_t5
 from safetensors.torch import save_file
+
+from host.comfy_host import import_comfy, require_comfyui, t5_state_dict, tiny_t5
 
 COMFYUI = require_comfyui()
 pack = import_comfy(COMFYUI)
@@ -188,6 +189,7 @@ def test_tiled_decode_matches_untiled_without_seams():
     inside tiles (no seams).
     """
     import comfy.sd
+
     from host.comfy_host import tiny_vae
 
     vae = comfy.sd.VAE(sd={k: v.contiguous() for k, v in tiny_vae().state_dict().items()})

@@ -5,11 +5,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
+
 from host.comfy_host import require_comfyui
 from host.comfy_server import error_message
 from host.conftest import REPO
-from PIL import Image
-from safetensors.torch import load_file
 
 require_comfyui()
 PROMPT = "A photo of a CAT riding the moon"
