@@ -19,7 +19,7 @@ DIFFUSERS = "diffusers"
 _ANCHORS = {ORIGINAL: "t_block.1.weight", DIFFUSERS: "adaln_single.linear.weight"}
 
 # diffusers name -> internal name, outside the blocks.
-_DIFFUSERS_TOP = {
+DIFFUSERS_TOP = {
     "pos_embed.proj": "x_embedder.proj",
     "adaln_single.emb.timestep_embedder.linear_1": "t_embedder.mlp.0",
     "adaln_single.emb.timestep_embedder.linear_2": "t_embedder.mlp.2",
@@ -32,12 +32,12 @@ _DIFFUSERS_TOP = {
     "caption_projection.linear_2": "y_embedder.y_proj.fc2",
     "proj_out": "final_layer.linear",
 }
-_DIFFUSERS_TOP_PARAMS = {
+DIFFUSERS_TOP_PARAMS = {
     "caption_projection.y_embedding": "y_embedder.y_embedding",
     "scale_shift_table": "final_layer.scale_shift_table",
 }
 # diffusers name inside transformer_blocks.N -> internal name inside blocks.N (one-to-one).
-_DIFFUSERS_BLOCK = {
+DIFFUSERS_BLOCK = {
     "attn1.to_out.0": "attn.proj",
     "attn1.norm_q": "attn.q_norm",
     "attn1.norm_k": "attn.k_norm",
@@ -47,7 +47,7 @@ _DIFFUSERS_BLOCK = {
     "ff.net.2": "mlp.fc2",
 }
 # Fused projections: internal name <- diffusers parts, concatenated along the output rows.
-_DIFFUSERS_FUSED = {
+DIFFUSERS_FUSED = {
     "attn.qkv": ("attn1.to_q", "attn1.to_k", "attn1.to_v"),
     "cross_attn.kv_linear": ("attn2.to_k", "attn2.to_v"),
 }
@@ -114,10 +114,10 @@ def diffusers_to_internal(state_dict: dict[str, torch.Tensor], source: str) -> d
     def take(name: str) -> torch.Tensor:
         return remaining.pop(name)
 
-    for src, dst in _DIFFUSERS_TOP_PARAMS.items():
+    for src, dst in DIFFUSERS_TOP_PARAMS.items():
         if src in remaining:
             out[dst] = take(src)
-    for src, dst in _DIFFUSERS_TOP.items():
+    for src, dst in DIFFUSERS_TOP.items():
         for kind in ("weight", "bias"):
             if f"{src}.{kind}" in remaining:
                 out[f"{dst}.{kind}"] = take(f"{src}.{kind}")
@@ -127,11 +127,11 @@ def diffusers_to_internal(state_dict: dict[str, torch.Tensor], source: str) -> d
         src_block, dst_block = f"transformer_blocks.{index}.", f"blocks.{index}."
         if src_block + "scale_shift_table" in remaining:
             out[dst_block + "scale_shift_table"] = take(src_block + "scale_shift_table")
-        for src, dst in _DIFFUSERS_BLOCK.items():
+        for src, dst in DIFFUSERS_BLOCK.items():
             for kind in ("weight", "bias"):
                 if f"{src_block}{src}.{kind}" in remaining:
                     out[f"{dst_block}{dst}.{kind}"] = take(f"{src_block}{src}.{kind}")
-        for dst, parts in _DIFFUSERS_FUSED.items():
+        for dst, parts in DIFFUSERS_FUSED.items():
             for kind in ("weight", "bias"):
                 names = [f"{src_block}{part}.{kind}" for part in parts]
                 present = [n for n in names if n in remaining]
