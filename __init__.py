@@ -3,7 +3,7 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
-    from .nodes.extension import PixArtExtension, register_routes
+    from .nodes.extension import PixArtExtension, install_host_hooks
 
-    register_routes()
+    install_host_hooks()
     return PixArtExtension()

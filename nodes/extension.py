@@ -13,11 +13,13 @@ class PixArtExtension(ComfyExtension):
                 PixArtKVCompress, PixArtEmptyLatent, PixArtVAEDecode]
 
 
-def register_routes() -> None:
-    """Add our HTTP routes to ComfyUI's server; called from comfy_entrypoint, before the server's routes are frozen."""
+def install_host_hooks() -> None:
+    """Our HTTP routes and LoRA layouts; called from comfy_entrypoint, before the server freezes its routes."""
     from server import PromptServer
 
-    from . import routes
+    from . import lora, routes
+
+    lora.install()
 
     if getattr(PromptServer, "instance", None) is not None:
         routes.register(PromptServer.instance)
