@@ -1,8 +1,11 @@
-"""HTTP route for the browser extension: live token count of a prompt, exactly as PixArt Text Encode counts it.
+"""HTTP routes for the browser extension; bodies are size-limited and validated, anything else is a 4xx.
 
 POST /pixart/token_count  {"text": str, "caption_length": 300 | 120, "t5_name": optional listed T5 name}
 -> {"count": real tokens incl. EOS, "limit": caption_length, "dropped": tokens beyond the limit}
-Bodies are size-limited and validated; anything else is a 4xx with a message, never a server error.
+   (exactly as PixArt Text Encode counts)
+POST /pixart/resolution  {"width": int, "height": int, "binning": "off" | "256" | "512" | "1024" | "2048" | "model"}
+-> {"width", "height": size generated at, "resized": whether the image is resized back to the request}
+   ("model" is answered with the 1024 bins and says so: the trained size is known only once a model is loaded)
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import logging
 from aiohttp import web
 
 from . import model_files
+from .latent_nodes import BINNING, binned_size
 from .t5_encoder import BUNDLED_TOKENIZER, PixArtT5Tokenizer, find_tokenizer
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,8 @@ def _bad(message: str, status: int = 400) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-async def token_count(request: web.Request) -> web.Response:
+async def _json_body(request: web.Request) -> dict | web.Response:
+    """The request's JSON object, or the 4xx response to send instead."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _bad(f"body larger than {MAX_BODY_BYTES} bytes", 413)
     raw = await request.content.read(MAX_BODY_BYTES + 1)
@@ -40,9 +45,14 @@ async def token_count(request: web.Request) -> web.Response:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return _bad("body must be JSON: {\"text\": \"...\", \"caption_length\": 300}")
-    if not isinstance(body, dict):
         return _bad("body must be a JSON object")
+    return body if isinstance(body, dict) else _bad("body must be a JSON object")
+
+
+async def token_count(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
     text = body.get("text")
     if not isinstance(text, str):
         return _bad("'text' must be a string")
@@ -66,6 +76,20 @@ async def token_count(request: web.Request) -> web.Response:
     return web.json_response({"count": count, "limit": limit, "dropped": dropped})
 
 
+async def resolution(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    width, height, binning = body.get("width"), body.get("height"), body.get("binning", "model")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= 16384 for v in (width, height)):
+        return _bad("'width' and 'height' must be whole numbers from 16 to 16384")
+    if binning not in BINNING:
+        return _bad(f"'binning' must be one of {', '.join(BINNING)}")
+    gen_h, gen_w = binned_size(height, width, "1024" if binning == "model" else binning)
+    return web.json_response({"width": gen_w, "height": gen_h, "resized": (gen_w, gen_h) != (width, height),
+                              "table": "1024 (model bins: 2048 for 2K models)" if binning == "model" else binning})
+
+
 _registered = False
 
 
@@ -73,4 +97,5 @@ def register(server) -> None:
     global _registered
     if not _registered:
         server.routes.post("/pixart/token_count")(token_count)
+        server.routes.post("/pixart/resolution")(resolution)
         _registered = True
