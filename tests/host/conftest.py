@@ -13,13 +13,14 @@ REPO = "PixArt-Sigma-tiny"
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, sigma_ckpt, tiny_tokenizer):
+def server(tmp_path_factory, sigma_ckpt, alpha_ckpt, tiny_tokenizer):
     base = tmp_path_factory.mktemp("comfy_base")
     models = base / "models"
     for folder in ("diffusion_models", "text_encoders", "vae", "diffusers"):
         (models / folder).mkdir(parents=True)
     shutil.copy(sigma_ckpt.paths["original_safetensors"], models / "diffusion_models" / "sigma-tiny.safetensors")
     shutil.copy(sigma_ckpt.paths["original_pth"], models / "diffusion_models" / "sigma-tiny.pth")
+    shutil.copy(alpha_ckpt.paths["original_safetensors"], models / "diffusion_models" / "alpha-tiny.safetensors")
     repo = models / "diffusers" / REPO
     shutil.copytree(sigma_ckpt.paths["diffusers_repo"], repo)
     t5 = tiny_t5()
@@ -31,6 +32,7 @@ def server(tmp_path_factory, sigma_ckpt, tiny_tokenizer):
     vae = tiny_vae()
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(models / "vae" / "vae-tiny.safetensors"))
     vae.save_pretrained(str(repo / "vae"))
+    (base / "input").mkdir(exist_ok=True)
     instance = ComfyServer(require_comfyui(), str(base))
     instance.reference = {"t5": t5, "vae": vae, "sigma256": sigma256, "tokenizer": tiny_tokenizer[0]}
     yield instance
