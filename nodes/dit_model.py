@@ -28,7 +28,7 @@ KV_COMPRESS_OPTION = "pixart_kv_compress"
 KV_MIN_SIGMA_OPTION = "pixart_kv_min_sigma"
 
 # Measured by bench/memory_usage_factor.py (peak activation bytes of one forward relative to ComfyUI's
-# area * dtype_size * 0.01 MiB formula); see the benchmarks document.
+# area * dtype_size * 0.01 MiB formula); see the README's Benchmarks section.
 MEMORY_USAGE_FACTOR = 0.52  # measured 0.32-0.51 for 64-128 latent sides (2026-11-23, CPU, fp32)
 
 

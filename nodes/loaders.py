@@ -33,7 +33,8 @@ class PixArtT5Loader(io.ComfyNode):
                                tooltip="T5 weights from models/text_encoders, or a diffusers repo in models/diffusers "
                                        "(its text_encoder folder)."),
                 io.Combo.Input("dtype", options=list(T5_DTYPES), default="default",
-                               tooltip="Storage dtype of the T5 weights. 'default' keeps the file's dtype. T5 computes "
+                               tooltip="Storage dtype of the T5 weights. 'default' keeps a half-precision file's dtype and "
+                                       "gives fp32 files ComfyUI's text-encoder dtype (fp16 on most GPUs). T5 computes "
                                        "in float32 activations either way, so fp16 cannot overflow."),
                 io.Combo.Input("device", options=["default", "cpu"], default="default",
                                tooltip="'cpu' keeps T5 (about 9 GB in fp16) off the GPU, leaving VRAM to the DiT."),

@@ -117,8 +117,12 @@ def load_t5_clip(path: str, dtype: str = "default", device: str = "default", cap
     config = t5_config_from_weights(state_dict, source)
     tokenizer_path = find_tokenizer(loaded.source if os.path.isdir(path) else path)
     model_options = {}
-    if scaled_fp8 is None:  # like ComfyUI's own T5 loading: keep the stored dtype unless told otherwise
-        model_options["dtype"] = T5_DTYPES[dtype] or state_dict["encoder.final_layer_norm.weight"].dtype
+    stored = state_dict["encoder.final_layer_norm.weight"].dtype
+    if T5_DTYPES[dtype] is not None:
+        model_options["dtype"] = T5_DTYPES[dtype]
+    elif scaled_fp8 is None and stored != torch.float32:
+        model_options["dtype"] = stored  # like ComfyUI's own T5 loading: a half-precision file stays so
+    # an fp32 file (e.g. a diffusers text_encoder folder, ~19 GB for XXL) gets ComfyUI's text-encoder dtype
     if device == "cpu":
         model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
     parameters = sum(t.numel() for t in state_dict.values())
