@@ -9,11 +9,12 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pixart.checkpoint.files import read_checkpoint
+from ..pixart.config import CAPTION_TOKENS
 from . import model_files
 from .dit_model import WEIGHT_DTYPES, load_dit_patcher
 from .t5_encoder import T5_DTYPES, load_t5_clip
 
-CAPTION_LENGTHS = {"sigma_300": 300, "alpha_120": 120}
+CAPTION_LENGTHS = {f"{family}_{tokens}": tokens for family, tokens in CAPTION_TOKENS.items()}  # sigma_300, alpha_120
 
 _CAPTION_TOOLTIP = ("Token budget of the prompt: 300 for PixArt-Σ, 120 for PixArt-α (as their pipelines). Longer "
                     "prompts are cut with a warning.")
@@ -105,7 +106,7 @@ class PixArtDiffusersLoader(io.ComfyNode):
             raise FileNotFoundError(f"'{repo_name}' is not a diffusers repo folder in models/diffusers.")
         repo = os.path.dirname(transformer)
         model = load_dit_patcher(transformer, weight_dtype)
-        caption = 120 if model.model.diffusion_model.config.family == "alpha" else 300
+        caption = model.model.diffusion_model.config.caption_tokens  # read from the checkpoint
         clip = load_t5_clip(os.path.join(repo, "text_encoder"), device=t5_device, caption_tokens=caption,
                             embedding_directory=folder_paths.get_folder_paths("embeddings"))
         vae_sd = read_checkpoint(os.path.join(repo, "vae"), component="vae").state_dict

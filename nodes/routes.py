@@ -15,15 +15,16 @@ import logging
 
 from aiohttp import web
 
+from ..pixart.config import CAPTION_TOKENS
 from . import model_files
 from .latent_nodes import BINNING, binned_size
-from .t5_encoder import BUNDLED_TOKENIZER, PixArtT5Tokenizer, find_tokenizer
+from .t5_encoder import BUNDLED_TOKENIZER, CAPTION_TOKENS_OPTION, PixArtT5Tokenizer, find_tokenizer
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 20000
-CAPTION_LENGTHS = (300, 120)
+CAPTION_LENGTHS = tuple(CAPTION_TOKENS.values())
 
 
 @functools.lru_cache(maxsize=8)
@@ -71,7 +72,7 @@ async def token_count(request: web.Request) -> web.Response:
         except FileNotFoundError as err:
             return _bad(str(err), 404)
     tokenizer = _tokenizer(tokenizer_path)
-    tokenizer.tokenize_with_weights(text, tokenizer_options={"pixart_caption_tokens": limit})
+    tokenizer.tokenize_with_weights(text, tokenizer_options={CAPTION_TOKENS_OPTION: limit})
     count, dropped = tokenizer.last_count
     return web.json_response({"count": count, "limit": limit, "dropped": dropped})
 

@@ -25,6 +25,7 @@ from ..pixart.text import fit_caption, preprocess_caption, warn_truncated
 log = logging.getLogger(__name__)
 
 EOS_ID, PAD_ID = 1, 0
+CAPTION_TOKENS_OPTION = "pixart_caption_tokens"  # tokenizer_data / tokenizer_options key overriding the budget
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(os.path.realpath(comfy.text_encoders.t5.__file__)), "t5_tokenizer")
 _EMBEDDING_WORD = re.compile(r"(embedding:\S+)")
 
@@ -44,12 +45,12 @@ class PixArtT5Tokenizer(sd1_clip.SDTokenizer):
         super().__init__(tokenizer_path, max_length=99999999, pad_with_end=False, embedding_directory=embedding_directory,
                          embedding_size=embedding_size, embedding_key="t5xxl", tokenizer_class=T5TokenizerFast,
                          has_start_token=False, pad_to_max_length=False, min_length=1, tokenizer_data=tokenizer_data)
-        self.caption_tokens = int(tokenizer_data.get("pixart_caption_tokens", caption_tokens))
+        self.caption_tokens = int(tokenizer_data.get(CAPTION_TOKENS_OPTION, caption_tokens))
         self.last_count = (0, 0)  # (real tokens incl. EOS, dropped) of the last prompt, for the UI
 
     def tokenize_with_weights(self, text: str, return_word_ids=False, tokenizer_options=None, **kwargs):
         options = tokenizer_options or {}
-        budget = int(options.get("pixart_caption_tokens", self.caption_tokens))
+        budget = int(options.get(CAPTION_TOKENS_OPTION, self.caption_tokens))
         batches = super().tokenize_with_weights(_lower_keeping_embeddings(text), return_word_ids=True, **kwargs)
         items = [item for batch in batches for item in batch]
         if items and items[-1][0] == EOS_ID:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-EOS_ID = 1
+from .t5_encoder import EOS_ID
 
 
 def _count(tokens: dict) -> int:
