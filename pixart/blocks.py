@@ -46,7 +46,9 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Queries from the image tokens, keys/values from the caption tokens. Keys: q_linear, kv_linear, proj."""
+    """Queries from the image tokens, keys/values from the caption tokens. Keys: q_linear, kv_linear, proj.
+
+    kv_linear is applied by PixArtDiT.encode_caption, once per caption, not here."""
 
     def __init__(self, dim: int, heads: int, operations, dtype=None, device=None):
         super().__init__()
@@ -55,12 +57,10 @@ class CrossAttention(nn.Module):
         self.kv_linear = operations.Linear(dim, dim * 2, dtype=dtype, device=device)
         self.proj = operations.Linear(dim, dim, dtype=dtype, device=device)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_bias: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context_bias: torch.Tensor | None,
                 attention) -> torch.Tensor:
-        # x (B, N, D), context (B, L, D), context_bias (B, 1, 1, L) additive
-        q = self.q_linear(x)
-        k, v = self.kv_linear(context).chunk(2, dim=-1)  # 2 x (B, L, D)
-        return self.proj(attention(q, k, v, self.heads, mask=context_bias))
+        # x (B, N, D); key, value (B, L, D) from kv_linear; context_bias (B, 1, 1, L) additive
+        return self.proj(attention(self.q_linear(x), key, value, self.heads, mask=context_bias))
 
 
 class Mlp(nn.Module):
@@ -87,14 +87,14 @@ class PixArtBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden, operations, dtype, device)
         self.scale_shift_table = nn.Parameter(torch.empty(6, dim, dtype=dtype, device=device))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_bias: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context_bias: torch.Tensor | None,
                 t_mod: torch.Tensor, grid: tuple[int, int], attention, compress: KVCompress | None) -> torch.Tensor:
         # x (B, N, D); t_mod (B, 6*D) from t_block
         table = self.scale_shift_table[None].to(dtype=x.dtype, device=x.device)  # (1, 6, D)
         mods = table + t_mod.reshape(x.shape[0], 6, -1)  # (B, 6, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)  # 6 x (B, 1, D)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid, attention, compress)
-        x = x + self.cross_attn(x, context, context_bias, attention)
+        x = x + self.cross_attn(x, key, value, context_bias, attention)
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 

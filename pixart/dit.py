@@ -5,6 +5,8 @@ from an injected function, so the same module runs in plain torch and under Comf
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +16,22 @@ from .blocks import FinalLayer, PixArtBlock
 from .config import DiTConfig
 from .embeddings import CaptionProjection, PatchEmbed, SizeEmbedder, TimestepEmbedder, sincos_pos_embed_2d
 from .kv_compress import KVCompress, KVCompressError
+
+
+@dataclass
+class EncodedCaption:
+    """What the blocks read from the caption: per-block cross-attention keys and values, and the padding bias.
+
+    It depends on the caption and the weights alone, not on the latent or the timestep, so a sampling run can
+    encode each caption once and reuse it at every step (see PixArtDiT.encode_caption).
+    """
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values, each (B, L', D)
+    bias: torch.Tensor | None  # (B, 1, 1, L') additive; None when no padding is left after trimming
+
+    @property
+    def batch(self) -> int:
+        return self.kv[0][0].shape[0]
 
 
 class PixArtDiT(nn.Module):
@@ -59,15 +77,34 @@ class PixArtDiT(nn.Module):
                 raise KVCompressError(f"KV mode 'conv': the trained conv is {self.config.kv_conv_ratio}x"
                                       f"{self.config.kv_conv_ratio}; set the ratio to {self.config.kv_conv_ratio}.")
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+    def encode_caption(self, context: torch.Tensor, context_mask: torch.Tensor | None = None,
+                       dtype: torch.dtype | None = None) -> EncodedCaption:
+        """T5 features -> the per-block keys/values of cross-attention.
+
+        context: (B, L, caption_channels); context_mask: (B, L) 1 for real tokens, 0 for padding. Positions that
+        are padding in every sample are dropped first (exact), and when no padding remains the mask is dropped
+        too, which lets attention use its fused unmasked kernels.
+        """
+        dtype = dtype or context.dtype
+        if context_mask is not None:
+            context, context_mask = trim_padding(context, context_mask.to(context.device))
+            if bool(context_mask.bool().all()):
+                context_mask = None
+        projected = self.y_embedder(context.to(dtype))  # (B, L', D)
+        kv = [block.cross_attn.kv_linear(projected).chunk(2, dim=-1) for block in self.blocks]  # 2 x (B, L', D)
+        bias = None if context_mask is None else key_padding_bias(context_mask.to(projected.device), dtype)
+        return EncodedCaption(kv=kv, bias=bias)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | None,
                 context_mask: torch.Tensor | None = None, c_size: torch.Tensor | None = None,
                 c_ar: torch.Tensor | None = None, kv_compress: KVCompress | None = None,
-                attention=None) -> torch.Tensor:
+                attention=None, caption: EncodedCaption | None = None) -> torch.Tensor:
         """Predict epsilon (and learned variance) for a noisy latent.
 
         x: (B, C, H, W) latent; timestep: (B,) in [0, 1000); context: (B, L, caption_channels) T5 features;
         context_mask: (B, L) 1 for real tokens, 0 for padding; c_size: (B, 2) image (height, width) in
         pixels and c_ar: (B, 1) height / width, for micro-conditioned checkpoints (default: from x).
+        caption: the output of encode_caption for this context, to skip encoding it again (context is then unused).
         Returns (B, out_channels, H, W).
         """
         cfg = self.config
@@ -96,14 +133,14 @@ class PixArtDiT(nn.Module):
                                        self.ar_embedder(c_ar.to(x.device), dtype)], dim=1)
         t_mod = self.t_block(t_emb)  # (B, 6*D)
 
-        if context_mask is not None:
-            context, context_mask = trim_padding(context, context_mask.to(context.device))
-        context = self.y_embedder(context.to(dtype))  # (B, L', D)
-        context_bias = None if context_mask is None else key_padding_bias(context_mask.to(x.device), dtype)
+        if caption is None:
+            caption = self.encode_caption(context, context_mask, dtype)
+        elif caption.batch != batch:
+            raise ValueError(f"The encoded caption has batch {caption.batch}, the latent {batch}.")
 
-        for index, block in enumerate(self.blocks):
+        for index, (block, (key, value)) in enumerate(zip(self.blocks, caption.kv)):
             layer_compress = compress if compress is not None and compress.applies_to(index) else None
-            tokens = block(tokens, context, context_bias, t_mod, grid, attention, layer_compress)
+            tokens = block(tokens, key, value, caption.bias, t_mod, grid, attention, layer_compress)
 
         out = self.final_layer(tokens, t_emb)  # (B, N, p*p*C_out)
         return self.unpatchify(out, grid)[:, :, :height, :width]
