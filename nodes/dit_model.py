@@ -14,11 +14,12 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models_base
 import torch
-from comfy.ldm.modules.attention import optimized_attention
 
 from ..pixart.checkpoint import DiTWeights, read_dit_weights
 from ..pixart.config import ALPHA, DiTConfig
 from ..pixart.dit import PixArtDiT
+from . import caption_cache
+from .attention import attention_for
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,14 @@ class ComfyPixArtDiT(PixArtDiT):
     def forward(self, x, timesteps, context, attention_mask=None, c_size=None, c_ar=None,
                 transformer_options=None, control=None, **kwargs):
         options = transformer_options or {}
+        attention_function = attention_for(x.device)
 
         def attention(q, k, v, heads, mask=None):
-            return optimized_attention(q, k, v, heads, mask=mask, transformer_options=options)
+            return attention_function(q, k, v, heads, mask=mask, transformer_options=options)
 
-        out = super().forward(x, timesteps, context, context_mask=attention_mask, c_size=c_size, c_ar=c_ar,
-                              kv_compress=_kv_for_step(options), attention=attention)
+        caption = caption_cache.encode_caption(self, options, context, attention_mask, x.dtype)
+        out = super().forward(x, timesteps, None, c_size=c_size, c_ar=c_ar, kv_compress=_kv_for_step(options),
+                              attention=attention, caption=caption)
         return out[:, : self.config.in_channels]  # epsilon; the learned-variance channels are not used
 
 
@@ -141,7 +144,9 @@ def build_patcher(weights: DiTWeights, weight_dtype: str = "default") -> comfy.m
                          f"missing {missing[:6]}, unexpected {unexpected[:6]}.")
     log.info("PixArt DiT %s: %s, weights %s, compute %s", weights.source, weights.config.describe(), unet_dtype,
              manual_cast or unet_dtype)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    caption_cache.install(patcher)
+    return patcher
 
 
 def load_dit_patcher(path: str, weight_dtype: str = "default") -> comfy.model_patcher.ModelPatcher:

@@ -1,6 +1,7 @@
 """The pack's ComfyUI V3 extension: the list of nodes it registers."""
 from comfy_api.latest import ComfyExtension, io
 
+from .compile_node import PixArtTorchCompile
 from .kv_nodes import PixArtKVCompress, PixArtKVSampler
 from .latent_nodes import PixArtEmptyLatent, PixArtVAEDecode
 from .loaders import PixArtDiffusersLoader, PixArtDiTLoader, PixArtT5Loader
@@ -10,7 +11,7 @@ from .text_encode import PixArtTextEncode
 class PixArtExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [PixArtT5Loader, PixArtDiTLoader, PixArtDiffusersLoader, PixArtTextEncode, PixArtKVSampler,
-                PixArtKVCompress, PixArtEmptyLatent, PixArtVAEDecode]
+                PixArtKVCompress, PixArtTorchCompile, PixArtEmptyLatent, PixArtVAEDecode]
 
 
 def install_host_hooks() -> None:

@@ -1,0 +1,148 @@
+"""Host tier: the sampling fast paths give the same samples as the plain path.
+
+Caption cache (each caption encoded once per run), the CPU attention choice, and the torch.compile node.
+"""
+import importlib
+import logging
+
+import pytest
+import torch
+
+from host.comfy_host import import_comfy, require_comfyui
+
+COMFYUI = require_comfyui()
+import_comfy(COMFYUI)
+
+import comfy.ldm.modules.attention as comfy_attention  # noqa: E402
+import comfy.patcher_extension  # noqa: E402
+import comfy.sample  # noqa: E402
+from pixart_sigma_nodes.nodes import caption_cache, dit_model  # noqa: E402
+from pixart_sigma_nodes.nodes.attention import attention_for  # noqa: E402
+from pixart_sigma_nodes.nodes.compile_node import compile_blocks  # noqa: E402
+
+comfy_nodes = importlib.import_module("nodes")  # ComfyUI's core nodes module
+CACHE_LOG = "pixart_sigma_nodes.nodes.caption_cache"
+
+
+def _conds():
+    generator = torch.Generator().manual_seed(7)
+    positive = [[torch.randn(1, 300, 32, generator=generator), {"attention_mask": torch.tensor([[1] * 13 + [0] * 287])}]]
+    negative = [[torch.randn(1, 300, 32, generator=generator), {"attention_mask": torch.tensor([[1] + [0] * 299])}]]
+    return positive, negative
+
+
+def _sample(patcher, steps=4, seed=0):
+    positive, negative = _conds()
+    latent = torch.zeros(1, 4, 12, 16)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(patcher, noise, steps, 4.5, "dpmpp_2m", "normal", positive, negative, latent,
+                               denoise=1.0, seed=seed, disable_pbar=True)
+
+
+def _without_cache(patcher):
+    plain = patcher.clone()
+    plain.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, caption_cache.WRAPPER_KEY)
+    return plain
+
+
+@pytest.fixture(scope="module")
+def patcher(sigma_ckpt):
+    return dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+
+
+def test_caption_cache_reuses_captions_and_changes_nothing(patcher, caplog):
+    with caplog.at_level(logging.DEBUG, logger=CACHE_LOG):
+        cached = _sample(patcher)
+    assert "PixArt caption cache: 1 encoded, 3 reused" in caplog.text  # cond+uncond batched: one key, 4 steps
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=CACHE_LOG):
+        plain = _sample(_without_cache(patcher))
+    assert "caption cache" not in caplog.text
+    assert torch.equal(cached, plain)
+
+
+@pytest.fixture(scope="module")
+def with_lora(sigma_ckpt, tmp_path_factory):
+    """A function adding a LoRA on the attention projections (cross-attention K/V included) to a MODEL."""
+    import folder_paths
+    from lora_fixtures import peft_lora
+    from pixart_sigma_nodes.nodes import lora
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("fast-path-loras")
+    folder_paths.add_model_folder_path("loras", str(folder))
+    lora.install()
+    _, state = peft_lora(sigma_ckpt.model, ["to_q", "to_k", "to_v"], seed=3)
+    save_file({f"transformer.{k}": v for k, v in state.items()}, str(folder / "kv-lora.safetensors"))
+    return lambda model: comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "kv-lora.safetensors", 1.0)[0]
+
+
+def _close(a, b, rtol=1e-5):
+    """Equal up to float reordering, relative to the sample's scale (random tiny models give large latents)."""
+    return (a - b).abs().max().item() <= rtol * b.abs().max().item()
+
+
+def test_lora_applied_between_runs_is_seen(patcher, with_lora):
+    """The cache lives for one run only: a LoRA added after a run changes the next run's captions' K/V."""
+    before = _sample(patcher)
+    with_lora = with_lora(patcher)
+    after = _sample(with_lora)
+    assert (after - before).abs().max() > 1e-4
+    assert torch.equal(after, _sample(_without_cache(with_lora)))
+
+
+def test_model_function_wrapper_turns_the_cache_off(patcher, caplog):
+    """A model_function_wrapper may rewrite the conditioning per step, so the run encodes at every step."""
+    wrapped = patcher.clone()
+    wrapped.set_model_unet_function_wrapper(lambda apply_model, args: apply_model(args["input"], args["timestep"],
+                                                                                  **args["c"]))
+    with caplog.at_level(logging.DEBUG, logger=CACHE_LOG):
+        out = _sample(wrapped)
+    assert "caption cache" not in caplog.text
+    assert torch.equal(out, _sample(patcher))
+
+
+def test_cpu_attention_is_sdpa_and_equals_sub_quadratic(monkeypatch):
+    monkeypatch.setattr(comfy_attention, "optimized_attention", comfy_attention.attention_sub_quad)
+    chosen = attention_for(torch.device("cpu"))
+    assert chosen is comfy_attention.get_attention_function("pytorch", None)
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 256, 16 * 72, generator=generator)
+    k, v = torch.randn(2, 2, 40, 16 * 72, generator=generator)
+    mask = torch.zeros(2, 1, 1, 40)
+    mask[1, ..., 9:] = -torch.finfo(torch.float32).max
+    ours = chosen(q, k, v, 16, mask=mask)
+    reference = comfy_attention.attention_sub_quad(q, k, v, 16, mask=mask)
+    assert (ours - reference).abs().max().item() <= 1e-5
+
+
+def test_explicit_attention_choice_is_kept(monkeypatch):
+    from comfy.cli_args import args
+
+    monkeypatch.setattr(comfy_attention, "optimized_attention", comfy_attention.attention_sub_quad)
+    monkeypatch.setattr(args, "use_quad_cross_attention", True)
+    assert attention_for(torch.device("cpu")) is comfy_attention.attention_sub_quad
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_blocks_equal_eager_with_a_lora(patcher, with_lora, backend):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = compile_blocks(patcher, backend, "default")
+    assert _close(_sample(compiled), _sample(patcher))
+    torch._dynamo.utils.counters.clear()
+    again = _sample(compiled, steps=6, seed=1)
+    recompiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert recompiles == 0, f"{recompiles} graphs compiled again for the same size"
+    assert _close(again, _sample(patcher, steps=6, seed=1))
+    assert patcher.model_options.get("torch_compile_kwargs") is None  # the input MODEL is left as it was
+    # a LoRA after the compile node patches the real weights; the compiled blocks read them
+    eager_lora = _sample(with_lora(patcher))
+    assert (eager_lora - _sample(patcher)).abs().max() > 1e-4
+    assert _close(_sample(with_lora(compiled)), eager_lora)
+
+
+def test_compile_rejects_an_unknown_backend(patcher):
+    with pytest.raises(ValueError, match="backend 'tensorrt' is unknown"):
+        compile_blocks(patcher, "tensorrt", "default")
