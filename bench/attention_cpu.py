@@ -1,0 +1,73 @@
+"""CPU benchmark: ComfyUI's attention functions on PixArt's shapes (16 heads, head dim 72), interleaved in one
+process. Needs a ComfyUI checkout:
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/attention_cpu.py [--tokens 1024 4096] [--repeats 5]
+
+Self-attention over the image tokens (batch 2: cond + uncond) and cross-attention to 40 caption keys with a
+padding bias. ComfyUI on the CPU picks sub-quadratic attention unless told otherwise; nodes/attention.py picks
+its "pytorch" (fused SDPA) function instead on the strength of this comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logging.getLogger("bench.attention_cpu")
+
+
+def main():
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    comfyui = os.environ.get("COMFYUI_PATH")
+    if not comfyui:
+        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from host.comfy_host import import_comfy
+
+    import_comfy(comfyui)
+    import comfy.ldm.modules.attention as comfy_attention
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    functions = {"sub_quad (ComfyUI's CPU default)": comfy_attention.attention_sub_quad,
+                 "split": comfy_attention.attention_split,
+                 "pytorch SDPA (ours on CPU)": comfy_attention.get_attention_function("pytorch", None)}
+    heads, width = 16, 16 * 72
+    log.info("machine: %s, %d threads, torch %s", platform.machine(), torch.get_num_threads(), torch.__version__)
+    generator = torch.Generator().manual_seed(0)
+    for tokens in args.tokens:
+        q = torch.randn(2, tokens, width, generator=generator)  # (B, N, heads * 72)
+        k, v = torch.randn(2, 2, tokens, width, generator=generator)
+        ck, cv = torch.randn(2, 2, 40, width, generator=generator)  # caption keys/values (B, 40, heads * 72)
+        bias = torch.zeros(2, 1, 1, 40)
+        bias[1, ..., 1:] = -torch.finfo(torch.float32).max  # the empty negative prompt: one real token
+        cases = {"self": (q, k, v, None), "cross": (q, ck, cv, bias)}
+        for case, (qq, kk, vv, mask) in cases.items():
+            times = {name: [] for name in functions}
+            with torch.inference_mode():
+                reference = functions["sub_quad (ComfyUI's CPU default)"](qq, kk, vv, heads, mask=mask)
+                diffs = {name: (fn(qq, kk, vv, heads, mask=mask) - reference).abs().max().item()
+                         for name, fn in functions.items()}
+                for _ in range(args.repeats):
+                    for name, fn in functions.items():
+                        start = time.perf_counter()
+                        fn(qq, kk, vv, heads, mask=mask)
+                        times[name].append(time.perf_counter() - start)
+            base = statistics.median(times["sub_quad (ComfyUI's CPU default)"])
+            for name in functions:
+                median = statistics.median(times[name])
+                log.info("%5d tokens %-5s %-34s %7.3f s  ratio to sub_quad %.2f  max |diff| %.1e", tokens, case, name,
+                         median, median / base, diffs[name])
+
+
+if __name__ == "__main__":
+    main()
