@@ -27,10 +27,10 @@ def main():
     parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    comfyui = os.environ.get("COMFYUI_PATH")
-    if not comfyui:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, ROOT)
+    from bench.common import comfyui_or_exit
+
+    comfyui = comfyui_or_exit()
     from host.comfy_host import import_comfy
 
     import_comfy(comfyui)

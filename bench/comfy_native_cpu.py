@@ -25,10 +25,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--real-tokens", type=int, default=40)
     args = parser.parse_args()
-    comfyui = os.environ.get("COMFYUI_PATH")
-    if not comfyui:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, ROOT)
+    from bench.common import comfyui_or_exit, sigma_width_config
+
+    comfyui = comfyui_or_exit()
     from host.comfy_host import import_comfy
 
     import_comfy(comfyui)
@@ -38,13 +38,10 @@ def main():
     import comfy.ops
     import torch
     from pixart_sigma_nodes.nodes.dit_model import ComfyPixArtDiT
-    from pixart_sigma_nodes.pixart.config import SIGMA, DiTConfig
 
     torch.set_num_threads(os.cpu_count())
     ops = comfy.ops.disable_weight_init
-    config = DiTConfig(family=SIGMA, hidden_size=1152, depth=2, num_heads=16, patch_size=2, in_channels=4,
-                       out_channels=8, mlp_hidden=4608, caption_channels=4096, caption_tokens=300, sample_size=128,
-                       pe_interpolation=2.0, has_null_caption=True)
+    config = sigma_width_config(2, has_null_caption=True)
     ours = ComfyPixArtDiT(config, operations=ops).eval()
     torch.manual_seed(0)
     for param in ours.parameters():

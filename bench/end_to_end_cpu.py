@@ -111,10 +111,10 @@ def main():
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    comfyui = os.environ.get("COMFYUI_PATH")
-    if not comfyui:
-        sys.exit("set COMFYUI_PATH to a ComfyUI checkout")
+    from bench.common import comfyui_or_exit
     from host.comfy_server import ComfyServer
+
+    comfyui = comfyui_or_exit()
 
     torch.set_num_threads(os.cpu_count())
     transformer, t5, vae = build_models(args.depth)

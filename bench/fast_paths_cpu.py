@@ -26,19 +26,16 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pixart.dit as dit_module  # noqa: E402
+from bench.common import sigma_width_config  # noqa: E402
 from pixart import embeddings  # noqa: E402
-from pixart.config import SIGMA, DiTConfig  # noqa: E402
 from pixart.dit import PixArtDiT  # noqa: E402
 
 log = logging.getLogger("bench.fast_paths_cpu")
 
 
 def build_model(depth: int) -> PixArtDiT:
-    config = DiTConfig(family=SIGMA, hidden_size=1152, depth=depth, num_heads=16, patch_size=2, in_channels=4,
-                       out_channels=8, mlp_hidden=4608, caption_channels=4096, caption_tokens=300, sample_size=128,
-                       pe_interpolation=2.0)
     torch.manual_seed(0)
-    model = PixArtDiT(config).eval()
+    model = PixArtDiT(sigma_width_config(depth)).eval()
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(std=0.02)

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pixart.config import SIGMA, DiTConfig  # noqa: E402
+from bench.common import sigma_width_config  # noqa: E402
 from pixart.dit import PixArtDiT  # noqa: E402
 from pixart.kv_compress import KVCompress, parse_layers  # noqa: E402
 from pixart.schedule import reference_sigmas, reference_timesteps  # noqa: E402
@@ -62,11 +62,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config = DiTConfig(family=SIGMA, hidden_size=1152, depth=args.depth, num_heads=16, patch_size=2, in_channels=4,
-                       out_channels=8, mlp_hidden=4608, caption_channels=4096, caption_tokens=300, sample_size=128,
-                       pe_interpolation=2.0)
     torch.manual_seed(0)
-    model = PixArtDiT(config).eval()
+    model = PixArtDiT(sigma_width_config(args.depth)).eval()
     for param in model.parameters():
         torch.nn.init.normal_(param, std=0.02)
     side = int(args.tokens ** 0.5) * 2

@@ -21,13 +21,11 @@ def child(side: int, batch: int) -> None:
     sys.path.insert(0, ROOT)
     import torch
 
-    from pixart.config import SIGMA, DiTConfig
+    from bench.common import sigma_width_config
     from pixart.dit import PixArtDiT
 
     torch.set_num_threads(2)
-    config = DiTConfig(family=SIGMA, hidden_size=1152, depth=2, num_heads=16, patch_size=2, in_channels=4,
-                       out_channels=8, mlp_hidden=4608, caption_channels=4096, caption_tokens=300, sample_size=128,
-                       pe_interpolation=2.0)
+    config = sigma_width_config(2)
     model = PixArtDiT(config).eval()
     for param in model.parameters():
         torch.nn.init.normal_(param, std=0.02)

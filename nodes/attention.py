@@ -27,7 +27,8 @@ def attention_for(device: torch.device):
     """ComfyUI's attention function to use for tensors on `device`."""
     chosen = comfy_attention.optimized_attention
     if device.type == "cpu" and chosen is comfy_attention.attention_sub_quad and not _user_chose_attention():
-        sdpa = comfy_attention.get_attention_function("pytorch", None)
+        registry = getattr(comfy_attention, "get_attention_function", None)  # ComfyUI before 0.3.60 has none
+        sdpa = registry("pytorch", None) if registry else getattr(comfy_attention, "attention_pytorch", None)
         if sdpa is not None:
             if "cpu" not in _logged:
                 _logged.add("cpu")
