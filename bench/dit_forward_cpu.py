@@ -1,12 +1,23 @@
-"""CPU benchmark: our DiT forward vs diffusers' PixArtTransformer2DModel at PixArt's real width.
+"""CPU benchmark: one DiT forward, side by side in one run, on the same random weights.
 
-Same random weights, same inputs, interleaved runs in one process; prints the ratio ours / diffusers
-(lower is better). Shapes: hidden 1152, 16 heads, 2 blocks, 4096 image tokens (1024 px), batch 2,
-300 caption tokens. Run: python bench/dit_forward_cpu.py [--tokens 4096] [--repeats 5]
+    python bench/dit_forward_cpu.py [--tokens 1024 4096] [--repeats 5]
+    COMFYUI_PATH=/path/to/ComfyUI python bench/dit_forward_cpu.py      # adds the ComfyUI rows
+
+Rows (interleaved, median of --repeats after a warm-up):
+  ours                 pixart.dit.PixArtDiT: plain torch, torch SDPA
+  diffusers            diffusers' PixArtTransformer2DModel (SDPA)
+  ours in ComfyUI      nodes' ComfyPixArtDiT on comfy.ops with ComfyUI's attention dispatch, as the nodes run it
+  ComfyUI-native       comfy.ldm.pixart's PixArtMS with ComfyUI's default dispatch (sub-quadratic on the CPU)
+  ComfyUI-native SDPA  the same with ComfyUI's "pytorch" attention, the one ours picks on the CPU
+Hidden 1152, 16 heads of 72, MLP 4608, `--depth` blocks (2), batch 2 (cond + uncond), 300 caption tokens with
+40 real: ours and diffusers get all 300 with the mask (as our T5 loader produces them), ComfyUI-native gets the
+40 real tokens only (as ComfyUI's own PixArt text encoder produces them). Ratios: ours / diffusers, and ours in
+ComfyUI / each ComfyUI-native row.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import statistics
@@ -15,72 +26,127 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
+from bench.common import comfyui_or_exit  # noqa: E402
 from pixart.checkpoint.detect import detect_config  # noqa: E402
 from pixart.checkpoint.layouts import diffusers_to_internal  # noqa: E402
 from pixart.dit import PixArtDiT  # noqa: E402
 
+log = logging.getLogger("bench.dit_forward_cpu")
+SOURCE = "PixArt-Sigma benchmark"
+REAL_TOKENS = 40
 
-def build_pair(depth: int, caption_channels: int):
+
+def build_reference_and_ours(depth: int):
+    """diffusers' transformer with random weights (std 0.02) and our DiT with the same weights."""
     from diffusers import PixArtTransformer2DModel
 
     torch.manual_seed(0)
     reference = PixArtTransformer2DModel(
         num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=depth,
-        sample_size=128, patch_size=2, cross_attention_dim=1152, caption_channels=caption_channels,
+        sample_size=128, patch_size=2, cross_attention_dim=1152, caption_channels=4096,
         norm_type="ada_norm_single", use_additional_conditions=False, interpolation_scale=2,
     ).eval()
     with torch.no_grad():
         for param in reference.parameters():
             param.copy_(torch.randn_like(param) * 0.02)
-    state = diffusers_to_internal(dict(reference.state_dict()), "PixArt-Sigma benchmark")
-    config = detect_config(state, "PixArt-Sigma benchmark", dict(reference.config))
+    state = diffusers_to_internal(dict(reference.state_dict()), SOURCE)
+    config = detect_config(state, SOURCE, dict(reference.config))
     ours = PixArtDiT(config).eval()
     ours.load_state_dict(state)
-    return ours, reference
+    return reference, ours, state
+
+
+def comfy_rows(ours: PixArtDiT, state: dict, context, mask) -> dict:
+    """The three ComfyUI rows as callables of x, or {} without COMFYUI_PATH."""
+    if not os.environ.get("COMFYUI_PATH"):
+        log.info("COMFYUI_PATH not set: the ComfyUI rows are left out")
+        return {}
+    comfyui = comfyui_or_exit()
+    from host.comfy_host import import_comfy
+
+    import_comfy(comfyui)
+    import comfy.ldm.modules.attention as comfy_attention
+    import comfy.ldm.pixart.blocks as native_blocks
+    import comfy.ldm.pixart.pixartms as native_module
+    import comfy.ops
+    from pixart_sigma_nodes.nodes.dit_model import ComfyPixArtDiT
+
+    ops = comfy.ops.disable_weight_init
+    in_comfy = ComfyPixArtDiT(ours.config, operations=ops).eval()
+    in_comfy.load_state_dict(state)
+    cfg = ours.config
+    native = native_module.PixArtMS(input_size=cfg.sample_size, patch_size=cfg.patch_size, in_channels=4,
+                                    hidden_size=cfg.hidden_size, depth=cfg.depth, num_heads=cfg.num_heads,
+                                    learn_sigma=True, caption_channels=cfg.caption_channels,
+                                    pe_interpolation=cfg.pe_interpolation, model_max_length=cfg.caption_tokens,
+                                    micro_condition=False, operations=ops).eval()
+    missing, unexpected = native.load_state_dict(state, strict=False)
+    if unexpected or any("y_embedding" not in key for key in missing):  # the null caption is unused at inference
+        raise RuntimeError(f"ComfyUI-native did not take our weights: missing {missing}, unexpected {unexpected}")
+    real = context[:, :REAL_TOKENS]  # (B, 40, 4096)
+    t = torch.full((context.shape[0],), 500.0)
+
+    def native_sdpa(x):
+        default = native_blocks.optimized_attention
+        native_blocks.optimized_attention = comfy_attention.attention_pytorch
+        try:
+            return native(x, t, real, transformer_options={})
+        finally:
+            native_blocks.optimized_attention = default
+
+    log.info("ComfyUI's default attention on this machine: %s", native_blocks.optimized_attention.__name__)
+    return {"ours in ComfyUI": lambda x: in_comfy(x, t, context, attention_mask=mask, transformer_options={}),
+            "ComfyUI-native": lambda x: native(x, t, real, transformer_options={}),
+            "ComfyUI-native SDPA": native_sdpa}
 
 
 def main():
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=4096, help="image tokens (side = sqrt(tokens) * 2 latent px)")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096],
+                        help="image tokens (latent side = sqrt(tokens) * 2)")
     parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    log.info("machine: %s, %d threads, torch %s; hidden 1152, 16 heads, %d blocks, batch 2, 300 caption tokens "
+             "(%d real)", platform.machine(), torch.get_num_threads(), torch.__version__, args.depth, REAL_TOKENS)
 
-    side = int(args.tokens ** 0.5) * 2
-    ours, reference = build_pair(args.depth, 4096)
-    x = torch.randn(args.batch, 4, side, side)
-    t = torch.full((args.batch,), 500.0)
-    context = torch.randn(args.batch, 300, 4096)
-    mask = torch.zeros(args.batch, 300)
-    mask[:, :40] = 1
-
-    def run_ours():
-        return ours(x, t, context, mask)
-
-    def run_reference():
-        return reference(x, encoder_hidden_states=context, timestep=t, encoder_attention_mask=mask,
-                         return_dict=False)[0]
-
-    times = {"ours": [], "diffusers": []}
-    with torch.inference_mode():
-        diff = (run_ours() - run_reference()).abs().max().item()  # also warms both up
-        for _ in range(args.repeats):
-            for name, fn in (("ours", run_ours), ("diffusers", run_reference)):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["diffusers"])
-    print(f"machine: {platform.machine()} {platform.processor() or ''} threads={args.threads} torch={torch.__version__}")
-    print(f"shape: hidden 1152, 16 heads, {args.depth} blocks, {args.tokens} tokens, batch {args.batch}")
-    print(f"max |ours - diffusers| = {diff:.2e}")
-    print(f"ours      median {ours_s * 1000:8.1f} ms  ({', '.join(f'{v * 1000:.0f}' for v in times['ours'])})")
-    print(f"diffusers median {ref_s * 1000:8.1f} ms  ({', '.join(f'{v * 1000:.0f}' for v in times['diffusers'])})")
-    print(f"ratio ours / diffusers = {ours_s / ref_s:.3f}")
+    reference, ours, state = build_reference_and_ours(args.depth)
+    generator = torch.Generator().manual_seed(1)
+    context = torch.randn(2, 300, 4096, generator=generator)
+    mask = torch.zeros(2, 300)
+    mask[:, :REAL_TOKENS] = 1
+    t = torch.full((2,), 500.0)
+    rows = {"ours": lambda x: ours(x, t, context, mask),
+            "diffusers": lambda x: reference(x, encoder_hidden_states=context, timestep=t,
+                                             encoder_attention_mask=mask, return_dict=False)[0],
+            **comfy_rows(ours, state, context, mask)}
+    for tokens in args.tokens:
+        side = int(tokens ** 0.5) * 2
+        x = torch.randn(2, 4, side, side, generator=generator)
+        times = {name: [] for name in rows}
+        with torch.inference_mode():
+            outputs = {name: fn(x)[:, :4] for name, fn in rows.items()}  # also the warm-up
+            for _ in range(args.repeats):
+                for name, fn in rows.items():
+                    start = time.perf_counter()
+                    fn(x)
+                    times[name].append(time.perf_counter() - start)
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        log.info("-- %d tokens (latent %dx%d)", tokens, side, side)
+        for name, median in medians.items():
+            difference = (outputs[name] - outputs["ours"]).abs().max().item()
+            log.info("%-20s median %7.3f s  (%s)  max |difference to ours| %.1e", name, median,
+                     ", ".join(f"{v:.2f}" for v in times[name]), difference)
+        log.info("ratio ours / diffusers = %.3f", medians["ours"] / medians["diffusers"])
+        for native in ("ComfyUI-native", "ComfyUI-native SDPA"):
+            if native in medians:
+                log.info("ratio ours in ComfyUI / %s = %.3f", native, medians["ours in ComfyUI"] / medians[native])
 
 
 if __name__ == "__main__":
