@@ -22,7 +22,8 @@ def compile_blocks(model, backend: str, mode: str):
     for name, value, known in (("backend", backend, BACKENDS), ("mode", mode, MODES)):
         if value not in known:
             raise ValueError(f"{name} '{value}' is unknown; choose one of: {', '.join(known)}.")
-    depth = pixart_dit(model).config.depth
+    dit = pixart_dit(model, "this node compiles PixArt's blocks (ComfyUI's TorchCompileModel compiles other models)")
+    depth = dit.config.depth
     compiled = model.clone()
     set_torch_compile_wrapper(model=compiled, backend=backend, mode=None if mode == "default" else mode,
                               keys=[f"diffusion_model.blocks.{i}" for i in range(depth)])

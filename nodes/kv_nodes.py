@@ -40,11 +40,10 @@ def kv_inputs() -> list:
     ]
 
 
-def pixart_dit(model) -> PixArtDiT:
+def pixart_dit(model, needed_for: str = "KV compression and the learned null caption need one") -> PixArtDiT:
     dit = model.get_model_object("diffusion_model")
     if not isinstance(dit, PixArtDiT):
-        raise ValueError("This MODEL is not a PixArt DiT from the PixArt DiT Loader; KV compression and the learned "
-                         "null caption need one.")
+        raise ValueError(f"This MODEL is not a PixArt DiT from the PixArt DiT Loader; {needed_for}.")
     return dit
 
 

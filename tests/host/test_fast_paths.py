@@ -146,3 +146,10 @@ def test_compiled_blocks_equal_eager_with_a_lora(patcher, with_lora, backend):
 def test_compile_rejects_an_unknown_backend(patcher):
     with pytest.raises(ValueError, match="backend 'tensorrt' is unknown"):
         compile_blocks(patcher, "tensorrt", "default")
+
+
+def test_compile_refuses_a_model_that_is_not_pixart(patcher):
+    other = patcher.clone()
+    other.add_object_patch("diffusion_model", torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="not a PixArt DiT.*TorchCompileModel"):
+        compile_blocks(other, "inductor", "default")

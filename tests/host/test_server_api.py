@@ -81,3 +81,25 @@ def test_free_unloads_and_next_run_reloads(server):
     time.sleep(2)
     _assert_image_saved(server, server.run(graph(102)), "free")
     assert loads() == before + 1, "after /free the model is loaded again"
+
+
+def _saved_pixels(server, entry):
+    import numpy as np
+    from PIL import Image
+
+    image = entry["outputs"]["save"]["images"][0]
+    path = os.path.join(server.base, "output", image.get("subfolder", ""), image["filename"])
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+def test_torch_compile_node_in_an_api_graph(server):
+    """PixArt torch.compile between the loader and KSampler: the same picture as without it."""
+    plain = server.run(text_to_image("sigma-tiny.safetensors", "t5-tiny.safetensors", seed=5, prefix="uncompiled"))
+    prompt = text_to_image("sigma-tiny.safetensors", "t5-tiny.safetensors", seed=5, prefix="compiled")
+    prompt["compile"] = {"class_type": "PixArtTorchCompile",
+                         "inputs": {"model": ["dit", 0], "backend": "aot_eager", "mode": "default"}}
+    prompt["sample"]["inputs"]["model"] = ["compile", 0]
+    compiled = server.run(prompt)
+    _assert_image_saved(server, compiled, "compiled")
+    difference = abs(_saved_pixels(server, compiled) - _saved_pixels(server, plain)).max()
+    assert difference <= 1, f"compiled and eager images differ by {difference} levels"
