@@ -49,21 +49,42 @@ class CaptionCache:
         return caption
 
 
-def cache_key(options: dict, context: torch.Tensor, context_mask: torch.Tensor | None, dtype: torch.dtype):
-    """The conds in this call, in batch order, with the tensors' shapes; None when ComfyUI gave no uuids."""
+def weights_state(dit: PixArtDiT) -> tuple:
+    """The tensors the caption encoding reads, with their in-place versions and ComfyUI's on-the-fly patch lists.
+
+    It changes when weights are swapped or patched in place mid-run (a custom guider driving two patchers of one
+    model, say), so the cache never serves keys and values computed from other weights.
+    """
+    modules = [*dit.y_embedder.modules(), *(block.cross_attn.kv_linear for block in dit.blocks)]
+    state = [id(dit)]
+    for module in modules:
+        for name in ("weight", "bias"):
+            tensor = getattr(module, name, None)
+            if isinstance(tensor, torch.Tensor):
+                state.append((id(tensor), tensor.data_ptr(), tensor._version))
+        for name in ("weight_function", "bias_function"):  # comfy.ops: LoRA applied while casting (lowvram)
+            functions = getattr(module, name, None)
+            if functions:
+                state.append(tuple(id(function) for function in functions))
+    return tuple(state)
+
+
+def cache_key(dit: PixArtDiT, options: dict, context: torch.Tensor, context_mask: torch.Tensor | None,
+              dtype: torch.dtype):
+    """The conds in this call, in batch order, the tensors' shapes and the weights' state; None without uuids."""
     uuids = options.get("uuids")
     if not uuids:
         return None
     mask_shape = None if context_mask is None else tuple(context_mask.shape)
     return (tuple(uuids), tuple(options.get("cond_or_uncond") or ()), tuple(context.shape), mask_shape,
-            context.device, dtype)
+            context.device, dtype, weights_state(dit))
 
 
 def encode_caption(dit: PixArtDiT, options: dict, context: torch.Tensor, context_mask: torch.Tensor | None,
                    dtype: torch.dtype) -> EncodedCaption:
     """The run's cached encoding of this context when there is a cache, else a fresh one."""
     cache = options.get(CAPTION_CACHE_OPTION)
-    key = cache_key(options, context, context_mask, dtype) if cache is not None else None
+    key = cache_key(dit, options, context, context_mask, dtype) if cache is not None else None
     if key is None:
         return dit.encode_caption(context, context_mask, dtype)
     return cache.encode(dit, key, context, context_mask, dtype)

@@ -73,6 +73,17 @@ class PixArtModel(comfy.model_base.PixArt):
         comfy.model_base.BaseModel.__init__(self, model_config, comfy.model_base.ModelType.EPS, device=device,
                                             unet_model=ComfyPixArtDiT)
 
+    def memory_required(self, input_shape, cond_shapes=None):
+        """ComfyUI's activation estimate plus the encoded caption: every block's keys and values for this batch,
+        held through the forward, and as much again for the run's other cached batch (cond and uncond split)."""
+        cond_shapes = cond_shapes or {}
+        config = self.diffusion_model.config
+        tokens = max((shape[1] for shape in cond_shapes.get("c_crossattn", []) if len(shape) == 3),
+                     default=config.caption_tokens)
+        dtype = self.manual_cast_dtype or self.get_dtype()
+        table = config.depth * 2 * input_shape[0] * tokens * config.hidden_size * comfy.model_management.dtype_size(dtype)
+        return super().memory_required(input_shape, cond_shapes=cond_shapes) + 2 * table
+
     def extra_conds(self, **kwargs):
         out = comfy.model_base.BaseModel.extra_conds(self, **kwargs)
         cross_attn = kwargs.get("cross_attn")

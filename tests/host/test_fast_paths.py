@@ -153,3 +153,29 @@ def test_compile_refuses_a_model_that_is_not_pixart(patcher):
     other.add_object_patch("diffusion_model", torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="not a PixArt DiT.*TorchCompileModel"):
         compile_blocks(other, "inductor", "default")
+
+
+def test_weights_patched_in_place_get_new_keys(patcher):
+    """A mid-run weight change (in place, or a swapped tensor) gives a new cache key: no stale keys/values."""
+    model = patcher.model.diffusion_model
+    context, mask = torch.randn(2, 300, 32), torch.ones(2, 300)
+    options = {"uuids": ["a", "b"], "cond_or_uncond": [0, 1]}
+    key = caption_cache.cache_key(model, options, context, mask, torch.float32)
+    assert caption_cache.cache_key(model, options, context, mask, torch.float32) == key
+    weight = model.blocks[-1].cross_attn.kv_linear.weight
+    with torch.no_grad():
+        weight.mul_(1.0)
+    assert caption_cache.cache_key(model, options, context, mask, torch.float32) != key
+
+
+def test_memory_estimate_counts_the_encoded_caption(patcher):
+    import comfy.model_base
+    import comfy.model_management
+
+    model = patcher.model
+    config = model.diffusion_model.config
+    shape, conds = (2, 4, 64, 64), {"c_crossattn": [torch.Size([2, 300, 32])]}
+    base = comfy.model_base.BaseModel.memory_required(model, shape, cond_shapes=conds)
+    table = config.depth * 2 * 2 * 300 * config.hidden_size * comfy.model_management.dtype_size(model.get_dtype())
+    assert model.memory_required(shape, cond_shapes=conds) == base + 2 * table
+    assert model.memory_required(shape) == base + 2 * table  # no cond shapes: the caption budget, 300 tokens
