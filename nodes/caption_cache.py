@@ -52,16 +52,18 @@ class CaptionCache:
 def weights_state(dit: PixArtDiT) -> tuple:
     """The tensors the caption encoding reads, with their in-place versions and ComfyUI's on-the-fly patch lists.
 
-    It changes when weights are swapped or patched in place mid-run (a custom guider driving two patchers of one
-    model, say), so the cache never serves keys and values computed from other weights.
+    It changes when weights are swapped mid-run (a custom guider driving two patchers of one model, say) or patched
+    in place (where torch tracks versions: not for tensors created under inference_mode, as ComfyUI loads them), so
+    the cache does not serve keys and values computed from other weights.
     """
     modules = [*dit.y_embedder.modules(), *(block.cross_attn.kv_linear for block in dit.blocks)]
     state = [id(dit)]
     for module in modules:
         for name in ("weight", "bias"):
             tensor = getattr(module, name, None)
-            if isinstance(tensor, torch.Tensor):
-                state.append((id(tensor), tensor.data_ptr(), tensor._version))
+            if isinstance(tensor, torch.Tensor):  # inference tensors (loaded under inference_mode) have no version
+                version = None if tensor.is_inference() else tensor._version
+                state.append((id(tensor), tensor.data_ptr(), version))
         for name in ("weight_function", "bias_function"):  # comfy.ops: LoRA applied while casting (lowvram)
             functions = getattr(module, name, None)
             if functions:

@@ -179,3 +179,12 @@ def test_memory_estimate_counts_the_encoded_caption(patcher):
     table = config.depth * 2 * 2 * 300 * config.hidden_size * comfy.model_management.dtype_size(model.get_dtype())
     assert model.memory_required(shape, cond_shapes=conds) == base + 2 * table
     assert model.memory_required(shape) == base + 2 * table  # no cond shapes: the caption budget, 300 tokens
+
+
+def test_cache_works_with_weights_loaded_under_inference_mode(sigma_ckpt):
+    """ComfyUI runs nodes under inference_mode, so a loader's weights are inference tensors (no version counter)."""
+    with torch.inference_mode():
+        loaded = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+        assert loaded.model.diffusion_model.blocks[0].cross_attn.kv_linear.weight.is_inference()
+        cached = _sample(loaded)
+        assert torch.equal(cached, _sample(_without_cache(loaded)))
