@@ -29,33 +29,21 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import comfyui_or_exit  # noqa: E402
-from pixart.checkpoint.detect import detect_config  # noqa: E402
-from pixart.checkpoint.layouts import diffusers_to_internal  # noqa: E402
+from bench.common import comfyui_or_exit, diffusers_transformer, ours_from  # noqa: E402
 from pixart.dit import PixArtDiT  # noqa: E402
 
 log = logging.getLogger("bench.dit_forward_cpu")
-SOURCE = "PixArt-Sigma benchmark"
 REAL_TOKENS = 40
 
 
 def build_reference_and_ours(depth: int):
     """diffusers' transformer with random weights (std 0.02) and our DiT with the same weights."""
-    from diffusers import PixArtTransformer2DModel
-
     torch.manual_seed(0)
-    reference = PixArtTransformer2DModel(
-        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=depth,
-        sample_size=128, patch_size=2, cross_attention_dim=1152, caption_channels=4096,
-        norm_type="ada_norm_single", use_additional_conditions=False, interpolation_scale=2,
-    ).eval()
+    reference = diffusers_transformer(depth)
     with torch.no_grad():
         for param in reference.parameters():
             param.copy_(torch.randn_like(param) * 0.02)
-    state = diffusers_to_internal(dict(reference.state_dict()), SOURCE)
-    config = detect_config(state, SOURCE, dict(reference.config))
-    ours = PixArtDiT(config).eval()
-    ours.load_state_dict(state)
+    ours, state = ours_from(reference)
     return reference, ours, state
 
 

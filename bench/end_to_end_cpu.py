@@ -34,16 +34,13 @@ log = logging.getLogger("bench.end_to_end_cpu")
 
 def build_models(depth: int):
     """The diffusers transformer, T5 encoder and VAE, random weights (std 0.02 for the DiT and T5)."""
-    from diffusers import PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
+    from bench.common import diffusers_transformer
     from host.comfy_host import tiny_vae
 
     torch.manual_seed(0)
-    transformer = PixArtTransformer2DModel(
-        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=depth,
-        sample_size=128, patch_size=2, cross_attention_dim=1152, caption_channels=4096,
-        norm_type="ada_norm_single", use_additional_conditions=False, interpolation_scale=2).eval()
+    transformer = diffusers_transformer(depth)
     t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=1024, num_layers=1, num_heads=8,
                                  feed_forward_proj="gated-gelu", tie_word_embeddings=False)).eval()
     with torch.no_grad():

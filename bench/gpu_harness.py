@@ -43,8 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench import gpu_ops  # noqa: E402
-from pixart.checkpoint.detect import detect_config  # noqa: E402
-from pixart.checkpoint.layouts import diffusers_to_internal  # noqa: E402
+from bench.common import diffusers_transformer, ours_from  # noqa: E402
 from pixart.dit import PixArtDiT  # noqa: E402
 from pixart.kv_compress import KVCompress, default_layers  # noqa: E402
 
@@ -54,9 +53,8 @@ SECTIONS = ("step", "image", "dtype", "kv", "memory", "attention", "diffusers", 
 # Run order: memory first, as in a fresh process (no other sizes' buffers cached yet); the long optional runs
 # (image at 4K, compile) late, so that a tight budget skips them rather than the comparisons.
 RUN_ORDER = ("memory", "step", "dtype", "kv", "attention", "diffusers", "image", "compile", "summary")
-SOURCE = "PixArt-Sigma GPU benchmark (random weights)"
-FULL = {"num_layers": 28, "num_attention_heads": 16, "caption_channels": 4096}  # hidden 16 x 72 = 1152, mlp 4608
-SMOKE = {"num_layers": 2, "num_attention_heads": 2, "caption_channels": 64}  # head dim stays 72
+FULL = {"depth": 28, "heads": 16, "caption_channels": 4096}  # hidden 16 x 72 = 1152, mlp 4608
+SMOKE = {"depth": 2, "heads": 2, "caption_channels": 64}  # head dim stays 72
 CAPTION_TOKENS = 300
 REAL_TOKENS = (40, 120)  # uncond, cond: diffusers' CFG batch order
 STEPS = 20
@@ -93,20 +91,11 @@ def randomize(model: nn.Module, seed: int) -> None:
 
 def build_models(shape: dict, device: torch.device, dtype: torch.dtype, seed: int = 0):
     """The same random weights as diffusers' PixArtTransformer2DModel and as our PixArtDiT. -> (ours, reference)."""
-    from diffusers import PixArtTransformer2DModel
-
     with torch.device(device):
-        reference = PixArtTransformer2DModel(
-            **shape, attention_head_dim=72, cross_attention_dim=shape["num_attention_heads"] * 72, in_channels=4,
-            out_channels=8, sample_size=128, patch_size=2, norm_type="ada_norm_single",
-            use_additional_conditions=False, interpolation_scale=2,
-        )
-    reference = reference.to(device=device, dtype=dtype).eval()
+        reference = diffusers_transformer(**shape)
+    reference = reference.to(device=device, dtype=dtype)
     randomize(reference, seed)
-    state = diffusers_to_internal(dict(reference.state_dict()), SOURCE)
-    config = detect_config(state, SOURCE, dict(reference.config))
-    ours = PixArtDiT(config, dtype=dtype, device=device).eval()
-    ours.load_state_dict(state)
+    ours, _ = ours_from(reference, dtype=dtype, device=device)
     return ours, reference
 
 
