@@ -54,6 +54,16 @@ def import_comfy(path: str):
     return sys.modules[PACKAGE]
 
 
+def sample_tiny(patcher, positive, negative, seed: int = 0, steps: int = 3) -> torch.Tensor:
+    """ComfyUI's own sampling (dpmpp_2m, normal, CFG 4.5) of a 96 x 128 px latent from zeros."""
+    import comfy.sample
+
+    latent = torch.zeros(1, 4, 12, 16)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(patcher, noise, steps, 4.5, "dpmpp_2m", "normal", positive, negative, latent,
+                               denoise=1.0, seed=seed, disable_pbar=True)
+
+
 def tiny_t5(seed: int = 0, d_model: int = 32):
     """transformers T5EncoderModel (T5-v1.1 style: gated-gelu, untied) with tiny widths and the full vocabulary."""
     from transformers import T5Config, T5EncoderModel

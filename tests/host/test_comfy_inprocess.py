@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from host.comfy_host import import_comfy, require_comfyui, t5_state_dict, tiny_t5
+from host.comfy_host import import_comfy, require_comfyui, sample_tiny, t5_state_dict, tiny_t5
 
 COMFYUI = require_comfyui()
 pack = import_comfy(COMFYUI)
@@ -127,15 +127,6 @@ def test_node_schemas():
             assert item.tooltip, f"{schema.node_id}.{item.id} has no tooltip"
 
 
-def _sample(patcher, positive, negative, seed=0, steps=3):
-    import comfy.sample
-
-    latent = torch.zeros(1, 4, 12, 16)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    return comfy.sample.sample(patcher, noise, steps, 4.5, "dpmpp_2m", "normal", positive, negative, latent,
-                               denoise=1.0, seed=seed, disable_pbar=True)
-
-
 def test_lowvram_partial_load_gives_the_same_result(sigma_ckpt):
     """Weights streamed per layer by ComfyUI's casting ops (lowvram) compute exactly what a full load does."""
     import comfy.model_management
@@ -146,13 +137,13 @@ def test_lowvram_partial_load_gives_the_same_result(sigma_ckpt):
                  {"attention_mask": torch.tensor([[1] * 9 + [0] * 291])}]]
     negative = [[torch.randn(1, 300, 32, generator=torch.Generator().manual_seed(2)),
                  {"attention_mask": torch.tensor([[1] + [0] * 299])}]]
-    reference = _sample(full, positive, negative)
+    reference = sample_tiny(full, positive, negative)
     comfy.model_management.unload_all_models()
     budget = partial.model_size() // 4
     partial.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=budget, load_weights=True)
     streamed = [m for m in partial.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
     assert streamed, "lowvram loading should leave some layers to be cast on the fly"
-    assert torch.equal(_sample(partial, positive, negative), reference)
+    assert torch.equal(sample_tiny(partial, positive, negative), reference)
     partial.unpatch_model()
 
 
@@ -161,7 +152,7 @@ def test_native_style_conditioning_without_mask(sigma_ckpt):
     patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
     positive = [[torch.randn(1, 9, 32), {}]]
     negative = [[torch.randn(1, 1, 32), {}]]
-    out = _sample(patcher, positive, negative)
+    out = sample_tiny(patcher, positive, negative)
     assert out.shape == (1, 4, 12, 16) and torch.isfinite(out).all()
 
 
@@ -173,9 +164,9 @@ def test_attention_mask_reaches_the_dit(sigma_ckpt):
     noisy[:, 12:] += 3
     mask = {"attention_mask": torch.tensor([[1] * 12 + [0] * 288])}
     negative = [[torch.zeros(1, 300, 32), {"attention_mask": torch.tensor([[1] + [0] * 299])}]]
-    a = _sample(patcher, [[cond, dict(mask)]], negative)
-    b = _sample(patcher, [[noisy, dict(mask)]], negative)
-    c = _sample(patcher, [[noisy, {}]], negative)
+    a = sample_tiny(patcher, [[cond, dict(mask)]], negative)
+    b = sample_tiny(patcher, [[noisy, dict(mask)]], negative)
+    c = sample_tiny(patcher, [[noisy, {}]], negative)
     assert torch.allclose(a, b, atol=1e-5)
     assert (a - c).abs().max() > 1e-3
 

@@ -8,14 +8,13 @@ import logging
 import pytest
 import torch
 
-from host.comfy_host import import_comfy, require_comfyui
+from host.comfy_host import import_comfy, require_comfyui, sample_tiny
 
 COMFYUI = require_comfyui()
 import_comfy(COMFYUI)
 
 import comfy.ldm.modules.attention as comfy_attention  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
-import comfy.sample  # noqa: E402
 from pixart_sigma_nodes.nodes import caption_cache, dit_model  # noqa: E402
 from pixart_sigma_nodes.nodes.attention import attention_for  # noqa: E402
 from pixart_sigma_nodes.nodes.compile_node import compile_blocks  # noqa: E402
@@ -32,11 +31,7 @@ def _conds():
 
 
 def _sample(patcher, steps=4, seed=0):
-    positive, negative = _conds()
-    latent = torch.zeros(1, 4, 12, 16)
-    noise = comfy.sample.prepare_noise(latent, seed)
-    return comfy.sample.sample(patcher, noise, steps, 4.5, "dpmpp_2m", "normal", positive, negative, latent,
-                               denoise=1.0, seed=seed, disable_pbar=True)
+    return sample_tiny(patcher, *_conds(), seed=seed, steps=steps)
 
 
 def _without_cache(patcher):
