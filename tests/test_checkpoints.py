@@ -175,3 +175,33 @@ def test_config_json_is_honoured(tmp_path, sigma_ckpt):
     config["interpolation_scale"] = 0.5
     config_path.write_text(json.dumps(config))
     assert read_dit_weights(str(repo)).config.pe_interpolation == 0.5
+
+
+def test_quantized_files_are_recognised_and_kept_whole(tmp_path, sigma_ckpt):
+    """ComfyUI's quantized layouts: detected from keys or header, config read past the extra tensors, which stay with
+    their layers for the host's ops; a quantized diffusers-layout file (q/k/v scaled apart) is refused."""
+    from pixart.checkpoint.quantization import LEGACY_SCALED_FP8, MIXED_PRECISION
+
+    plain = read_dit_weights(sigma_ckpt.paths["original_safetensors"])
+    assert plain.quantization is None
+    legacy = {**plain.state_dict, "scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn),
+              "blocks.0.attn.qkv.weight": plain.state_dict["blocks.0.attn.qkv.weight"].to(torch.float8_e4m3fn),
+              "blocks.0.attn.qkv.scale_weight": torch.tensor(0.01)}
+    save_file(legacy, str(tmp_path / "legacy.safetensors"))
+    weights = read_dit_weights(str(tmp_path / "legacy.safetensors"))
+    assert weights.quantization == LEGACY_SCALED_FP8 and weights.config == plain.config
+    assert {"scaled_fp8", "blocks.0.attn.qkv.scale_weight"} <= set(weights.state_dict)
+    header = {"_quantization_metadata": json.dumps({"format_version": "1.0",
+                                                    "layers": {"blocks.0.attn.qkv": {"format": "float8_e4m3fn"}}})}
+    mixed = {k: v for k, v in legacy.items() if k not in ("scaled_fp8", "blocks.0.attn.qkv.scale_weight")}
+    save_file({**mixed, "blocks.0.attn.qkv.weight_scale": torch.tensor(0.01)}, str(tmp_path / "mixed.safetensors"),
+              metadata=header)
+    weights = read_dit_weights(str(tmp_path / "mixed.safetensors"))
+    assert weights.quantization == MIXED_PRECISION and weights.metadata == header
+    with pytest.raises(CheckpointError, match="quantized.*only ComfyUI's casting ops"):
+        load_dit(str(tmp_path / "mixed.safetensors"))
+    diffusers = {k: v.contiguous() for k, v in sigma_ckpt.model.state_dict().items()}
+    diffusers["transformer_blocks.0.attn1.to_q.scale_weight"] = torch.tensor(0.01)
+    save_file(diffusers, str(tmp_path / "diffusers-scaled.safetensors"))
+    with pytest.raises(CheckpointError, match="diffusers-scaled.safetensors is a quantized diffusers-layout file"):
+        read_dit_weights(str(tmp_path / "diffusers-scaled.safetensors"))

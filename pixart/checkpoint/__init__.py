@@ -10,18 +10,34 @@ from .detect import detect_config
 from .errors import CheckpointError
 from .files import LoadedTensors, read_checkpoint
 from .layouts import IGNORED_ORIGINAL, to_internal
+from .quantization import quantization_layout
 
 __all__ = ["CheckpointError", "DiTWeights", "read_dit_weights", "load_dit"]
 
 
 class DiTWeights:
-    """An internal-layout state dict with its detected configuration."""
+    """An internal-layout state dict with its detected configuration.
 
-    def __init__(self, state_dict: dict[str, torch.Tensor], config: DiTConfig, layout: str, source: str):
+    `quantization` names ComfyUI's quantized layout when the file has one (see checkpoint.quantization); its
+    extra tensors stay in the state dict for the host's casting ops, and `metadata` keeps the file's header.
+    """
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], config: DiTConfig, layout: str, source: str,
+                 metadata: dict[str, str] | None = None):
         self.state_dict = state_dict
         self.config = config
         self.layout = layout
         self.source = source
+        self.metadata = metadata or {}
+        self.quantization = quantization_layout(state_dict, self.metadata)
+
+    def stored_dtype(self) -> torch.dtype:
+        """The floating-point dtype that holds most of the weights (what the file was saved in)."""
+        counts: dict[torch.dtype, int] = {}
+        for tensor in self.state_dict.values():
+            if tensor.is_floating_point():
+                counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+        return max(counts, key=counts.get) if counts else torch.float32
 
 
 def read_dit_weights(path: str) -> DiTWeights:
@@ -32,7 +48,7 @@ def read_dit_weights(path: str) -> DiTWeights:
     config = detect_config(tensors, source, loaded.config, loaded.pipeline_class)
     for name in IGNORED_ORIGINAL:
         tensors.pop(name, None)
-    return DiTWeights(tensors, config, layout, source)
+    return DiTWeights(tensors, config, layout, source, loaded.metadata)
 
 
 def load_dit(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **model_kwargs):
@@ -47,6 +63,9 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32, device: str | torch.
 
 def load_weights(model: torch.nn.Module, weights: DiTWeights) -> None:
     """Copy weights into a built model; missing or unexpected names are a CheckpointError."""
+    if weights.quantization:
+        raise CheckpointError(f"{weights.source} is quantized ({weights.quantization}); only ComfyUI's casting ops "
+                              "read it. Load it with the PixArt DiT Loader inside ComfyUI.")
     result = model.load_state_dict(weights.state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(

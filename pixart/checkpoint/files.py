@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass, field
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .errors import CheckpointError
@@ -34,6 +34,18 @@ class LoadedTensors:
     source: str  # path shown in messages
     config: dict = field(default_factory=dict)  # diffusers config.json, when there is one
     pipeline_class: str | None = None  # model_index.json's _class_name, when there is one
+    metadata: dict[str, str] = field(default_factory=dict)  # safetensors header metadata (e.g. quantization)
+
+
+def read_tensor_metadata(path: str) -> dict[str, str]:
+    """The string metadata in a .safetensors header (empty for pickles and files without any)."""
+    if not path.lower().endswith(SAFETENSORS_EXT):
+        return {}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return {}  # read_tensor_file reports an unreadable file with its own message
 
 
 def read_tensor_file(path: str) -> dict[str, torch.Tensor]:
@@ -118,10 +130,12 @@ def read_diffusers_folder(folder: str, component: str) -> LoadedTensors:
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{name}: config.json is not valid JSON ({err}); copy it again.") from err
     state_dict: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
     for shard in _weight_files(model_dir, name):
         state_dict.update(read_tensor_file(shard))
+        metadata.update(read_tensor_metadata(shard))
     return LoadedTensors(state_dict, source=model_dir, config=config,
-                         pipeline_class=_pipeline_class(model_dir))
+                         pipeline_class=_pipeline_class(model_dir), metadata=metadata)
 
 
 def _weight_files(model_dir: str, name: str) -> list[str]:
@@ -157,4 +171,4 @@ def read_checkpoint(path: str, component: str = "transformer") -> LoadedTensors:
     """A single weight file or a diffusers folder -> LoadedTensors."""
     if os.path.isdir(path):
         return read_diffusers_folder(path, component)
-    return LoadedTensors(read_tensor_file(path), source=path)
+    return LoadedTensors(read_tensor_file(path), source=path, metadata=read_tensor_metadata(path))

@@ -11,6 +11,7 @@ import re
 import torch
 
 from .errors import CheckpointError
+from .quantization import is_quantization_key
 
 ORIGINAL = "original"
 DIFFUSERS = "diffusers"
@@ -108,6 +109,12 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, 
 
 def diffusers_to_internal(state_dict: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Rename and fuse diffusers keys; every key is accounted for or reported."""
+    quantized = sorted(k for k in state_dict if is_quantization_key(k))
+    if quantized:
+        raise CheckpointError(
+            f"{source} is a quantized diffusers-layout file ({', '.join(quantized[:3])}, ...): its separate q/k/v "
+            "weights carry their own scales and cannot be fused into PixArt's attention weights. Use the "
+            "unquantized file with the loader's weight_dtype set to fp8, or a quantized original-layout file.")
     out: dict[str, torch.Tensor] = {}
     remaining = dict(state_dict)
 
