@@ -11,6 +11,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 from comfy_api.torch_helpers import set_torch_compile_wrapper
 
+from . import host
 from .kv_nodes import pixart_dit
 
 BACKENDS = ["inductor", "cudagraphs", "aot_eager"]
@@ -24,7 +25,7 @@ def compile_blocks(model, backend: str, mode: str):
             raise ValueError(f"{name} '{value}' is unknown; choose one of: {', '.join(known)}.")
     dit = pixart_dit(model, "this node compiles PixArt's blocks (ComfyUI's TorchCompileModel compiles other models)")
     depth = dit.config.depth
-    compiled = model.clone()
+    compiled = host.clone_without_dynamic(model)  # as core's TorchCompileModel clones
     set_torch_compile_wrapper(model=compiled, backend=backend, mode=None if mode == "default" else mode,
                               keys=[f"diffusion_model.blocks.{i}" for i in range(depth)])
     return compiled

@@ -11,14 +11,14 @@ import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
-import comfy.model_patcher
 import comfy.supported_models_base
 import torch
 
-from ..pixart.checkpoint import DiTWeights, read_dit_weights
+from ..pixart.checkpoint import CheckpointError, DiTWeights, read_dit_weights
+from ..pixart.checkpoint.quantization import is_quantization_key
 from ..pixart.config import ALPHA, DiTConfig
 from ..pixart.dit import PixArtDiT
-from . import caption_cache
+from . import caption_cache, host
 from .attention import attention_for
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ MEMORY_USAGE_FACTOR = 0.52  # measured 0.32-0.51 for 64-128 latent sides (2026-1
 class ComfyPixArtDiT(PixArtDiT):
     """PixArtDiT with ComfyUI's diffusion_model call signature and attention dispatch."""
 
-    def __init__(self, dit_config: DiTConfig, dtype=None, device=None, operations=None, depth=None, hidden_size=None):
-        # depth / hidden_size repeat dit_config's values in unet_config for ComfyUI's LoRA key mapping.
+    def __init__(self, dit_config: DiTConfig, dtype=None, device=None, operations=None):
         super().__init__(dit_config, operations=operations, dtype=dtype, device=device)
         self.dtype = dtype
 
@@ -65,13 +64,11 @@ def _kv_for_step(options: dict):
     return compress
 
 
-class PixArtModel(comfy.model_base.PixArt):
-    """Our DiT in ComfyUI's PixArt model slot: being a comfy PixArt makes ComfyUI's own LoRA key mapping
-    (diffusers/PEFT names onto the fused qkv/kv weights) apply, since our weights keep the original names."""
+class PixArtModel(comfy.model_base.BaseModel):
+    """Our DiT as a ComfyUI model: epsilon prediction, the host's operations and model sampling."""
 
     def __init__(self, model_config, device=None):
-        comfy.model_base.BaseModel.__init__(self, model_config, comfy.model_base.ModelType.EPS, device=device,
-                                            unet_model=ComfyPixArtDiT)
+        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device, unet_model=ComfyPixArtDiT)
 
     def memory_required(self, input_shape, cond_shapes=None):
         """ComfyUI's activation estimate plus the encoded caption: every block's keys and values for this batch,
@@ -85,7 +82,7 @@ class PixArtModel(comfy.model_base.PixArt):
         return super().memory_required(input_shape, cond_shapes=cond_shapes) + 2 * table
 
     def extra_conds(self, **kwargs):
-        out = comfy.model_base.BaseModel.extra_conds(self, **kwargs)
+        out = super().extra_conds(**kwargs)
         cross_attn = kwargs.get("cross_attn")
         if cross_attn is not None:
             # Regular (not CrossAttn) conds are never padded by repetition, which would break the mask.
@@ -130,35 +127,48 @@ WEIGHT_DTYPES = {
 }
 
 
-def build_patcher(weights: DiTWeights, weight_dtype: str = "default") -> comfy.model_patcher.ModelPatcher:
-    """Wrap loaded weights into a ComfyUI ModelPatcher, letting ComfyUI choose dtypes and devices."""
+def build_patcher(weights: DiTWeights, weight_dtype: str = "default", disable_dynamic: bool = False):
+    """Wrap loaded weights into the host's patcher the way its own diffusion-model loader does, letting ComfyUI
+    choose compute dtype, casting ops, devices and offloading; the chosen storage dtype is what every layer holds."""
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype '{weight_dtype}' is unknown; choose one of: {', '.join(WEIGHT_DTYPES)}.")
     options = WEIGHT_DTYPES[weight_dtype]
+    state_dict, quantization = host.host_quantization(weights.state_dict, weights.metadata, weights.quantization,
+                                                      weights.source)
+    host.refuse_fp8_on_quantized(quantization, options.get("dtype"), "weight_dtype", weights.source)
     config_class = PixArtAlphaConfig if weights.config.family == ALPHA else PixArtSigmaConfig
-    # depth and hidden_size are what ComfyUI's PixArt LoRA key mapping reads.
-    model_config = config_class({"dit_config": weights.config, "depth": weights.config.depth,
-                                 "hidden_size": weights.config.hidden_size})
+    model_config = config_class({"dit_config": weights.config})
+    quantization.configure_model(model_config)
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
-    state_dict = weights.state_dict
-    parameters = sum(t.numel() for t in state_dict.values())
-    stored_dtype = next(iter(state_dict.values())).dtype
+    parameters = sum(t.numel() for k, t in state_dict.items() if not is_quantization_key(k))
+    stored_dtype = None if quantization.quantized else weights.stored_dtype()
     unet_dtype = options.get("dtype") or comfy.model_management.unet_dtype(
         model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes), weight_dtype=stored_dtype)
-    manual_cast = comfy.model_management.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    cast_from = None if quantization.mixed_precision is not None else unet_dtype  # as the host's loader decides
+    manual_cast = comfy.model_management.unet_manual_cast(cast_from, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast)
     if options.get("fp8_optimizations"):
         model_config.optimizations["fp8"] = True
-    model = model_config.get_model(state_dict).to(offload_device)
-    missing, unexpected = model.diffusion_model.load_state_dict(state_dict, strict=False)
+    model = model_config.get_model(state_dict)
+    patcher = host.patcher_class(disable_dynamic)(model, load_device=load_device, offload_device=offload_device)
+    if not comfy.model_management.is_device_cpu(offload_device):
+        model.to(offload_device)
+    if not quantization.quantized:
+        host.cast_for_storage(state_dict, unet_dtype)
+    missing, unexpected = host.load_model_weights(model, state_dict, patcher)
     if missing or unexpected:
-        raise ValueError(f"{weights.source}: weights do not fit the detected model ({weights.config.describe()}): "
-                         f"missing {missing[:6]}, unexpected {unexpected[:6]}.")
-    log.info("PixArt DiT %s: %s, weights %s, compute %s", weights.source, weights.config.describe(), unet_dtype,
-             manual_cast or unet_dtype)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+        raise CheckpointError(f"{weights.source}: weights do not fit the detected model ({weights.config.describe()}): "
+                              f"missing {missing[:6]}, unused {unexpected[:6]}.")
+    log.info("PixArt DiT %s: %s, weights %s%s, compute %s", weights.source, weights.config.describe(), unet_dtype,
+             f" ({weights.quantization})" if quantization.quantized else "", manual_cast or unet_dtype)
     caption_cache.install(patcher)
     return patcher
 
 
-def load_dit_patcher(path: str, weight_dtype: str = "default") -> comfy.model_patcher.ModelPatcher:
-    return build_patcher(read_dit_weights(path), weight_dtype)
+def load_dit_patcher(path: str, weight_dtype: str = "default", disable_dynamic: bool = False):
+    """A PixArt DiT file or diffusers folder -> the host's patcher. Registered as the patcher's
+    cached_patcher_init, the factory ComfyUI calls for multi-GPU deep clones and non-dynamic delegates."""
+    patcher = build_patcher(read_dit_weights(path), weight_dtype, disable_dynamic=disable_dynamic)
+    patcher.cached_patcher_init = (load_dit_patcher, (path, weight_dtype))
+    return patcher

@@ -109,7 +109,16 @@ class PixArtDiffusersLoader(io.ComfyNode):
         caption = model.model.diffusion_model.config.caption_tokens  # read from the checkpoint
         clip = load_t5_clip(os.path.join(repo, "text_encoder"), device=t5_device, caption_tokens=caption,
                             embedding_directory=folder_paths.get_folder_paths("embeddings"))
-        vae_sd = read_checkpoint(os.path.join(repo, "vae"), component="vae").state_dict
-        vae = comfy.sd.VAE(sd=vae_sd)
-        vae.throw_exception_if_invalid()
-        return io.NodeOutput(model, clip, vae)
+        return io.NodeOutput(model, clip, load_vae_folder(os.path.join(repo, "vae")))
+
+
+def load_vae_folder(folder: str) -> comfy.sd.VAE:
+    """A diffusers vae folder -> ComfyUI's VAE, with the reload factory ComfyUI's multi-GPU nodes need."""
+    vae = comfy.sd.VAE(sd=read_checkpoint(folder, component="vae").state_dict)
+    vae.throw_exception_if_invalid()
+    vae.patcher.cached_patcher_init = (load_vae_folder_patcher, (folder,))
+    return vae
+
+
+def load_vae_folder_patcher(folder: str, disable_dynamic: bool = False):
+    return load_vae_folder(folder).patcher

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 
+import comfy.model_management
 import comfy.sd
 import comfy.supported_models_base
 import comfy.text_encoders.t5
@@ -18,9 +19,12 @@ import torch
 from comfy import sd1_clip
 from transformers import T5TokenizerFast
 
+from ..pixart.checkpoint.errors import CheckpointError
 from ..pixart.checkpoint.files import read_checkpoint
+from ..pixart.checkpoint.quantization import is_quantization_key, quantization_layout
 from ..pixart.t5 import t5_config_from_weights, to_t5_state_dict
 from ..pixart.text import fit_caption, preprocess_caption, warn_truncated
+from . import host
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +79,20 @@ def find_tokenizer(path: str) -> str:
     return BUNDLED_TOKENIZER
 
 
-def t5_clip_target(t5_config: dict, tokenizer_path: str, caption_tokens: int, scaled_fp8):
+def t5_clip_target(t5_config: dict, tokenizer_path: str, caption_tokens: int, source: str):
     class PixArtT5Encoder(sd1_clip.SDClipModel):
         def __init__(self, device="cpu", dtype=None, model_options=None):
-            model_options = dict(model_options or {})
-            if scaled_fp8 is not None:
-                model_options.setdefault("scaled_fp8", scaled_fp8)
             super().__init__(device=device, layer="last", textmodel_json_config=dict(t5_config), dtype=dtype,
                              special_tokens={"end": EOS_ID, "pad": PAD_ID}, model_class=comfy.text_encoders.t5.T5,
-                             enable_attention_masks=True, return_attention_masks=True, model_options=model_options)
+                             enable_attention_masks=True, return_attention_masks=True, model_options=model_options or {})
+
+        def load_sd(self, sd):
+            """The host's loading; weights it leaves missing or unused are an error naming the file."""
+            missing, unexpected = host.unused_weights(*super().load_sd(sd))
+            if missing or unexpected:
+                raise CheckpointError(f"{source}: T5 weights do not fit the configuration read from them; missing "
+                                      f"{missing[:6]}, unused {unexpected[:6]}.")
+            return missing, unexpected
 
     class PixArtT5Model(sd1_clip.SD1ClipModel):
         def __init__(self, device="cpu", dtype=None, model_options=None):
@@ -104,35 +113,50 @@ T5_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp
              "fp8_e4m3fn": torch.float8_e4m3fn}
 
 
+def _default_dtype(state_dict: dict[str, torch.Tensor], load_device: torch.device) -> torch.dtype:
+    """Like ComfyUI's own T5 loading: a half-precision file stays so; an fp32 file (e.g. a diffusers text_encoder
+    folder, ~19 GB for XXL) gets ComfyUI's text-encoder dtype for the device."""
+    stored = state_dict["encoder.final_layer_norm.weight"].dtype
+    return stored if stored != torch.float32 else comfy.model_management.text_encoder_dtype(load_device)
+
+
 def load_t5_clip(path: str, dtype: str = "default", device: str = "default", caption_tokens: int = 300,
-                 embedding_directory=None) -> comfy.sd.CLIP:
+                 embedding_directory=None, disable_dynamic: bool = False) -> comfy.sd.CLIP:
     """File or diffusers text_encoder folder -> ComfyUI CLIP with PixArt tokenization.
 
-    Weights are stored in the chosen dtype; ComfyUI's casting ops run T5 in float32 activations, so fp16
-    storage cannot overflow. device 'cpu' keeps T5 on the CPU (saves VRAM for the DiT).
+    Weights are stored in the chosen dtype (every layer holds it, dynamic VRAM included); ComfyUI's casting ops
+    run T5 in float32 activations, so fp16 storage cannot overflow. Quantized files (scaled fp8, comfy_quant) are
+    read by the host's own ops. device 'cpu' keeps T5 on the CPU (saves VRAM for the DiT).
     """
+    if dtype not in T5_DTYPES:
+        raise ValueError(f"dtype '{dtype}' is unknown; choose one of: {', '.join(T5_DTYPES)}.")
     loaded = read_checkpoint(path, component="text_encoder")
     source = os.path.basename(os.path.normpath(path))
     state_dict = to_t5_state_dict(loaded.state_dict, source)
-    scaled_fp8 = state_dict["scaled_fp8"].dtype if "scaled_fp8" in state_dict else None
     config = t5_config_from_weights(state_dict, source)
-    tokenizer_path = find_tokenizer(loaded.source if os.path.isdir(path) else path)
-    model_options = {}
-    stored = state_dict["encoder.final_layer_norm.weight"].dtype
-    if T5_DTYPES[dtype] is not None:
-        model_options["dtype"] = T5_DTYPES[dtype]
-    elif scaled_fp8 is None and stored != torch.float32:
-        model_options["dtype"] = stored  # like ComfyUI's own T5 loading: a half-precision file stays so
-    # an fp32 file (e.g. a diffusers text_encoder folder, ~19 GB for XXL) gets ComfyUI's text-encoder dtype
+    layout = quantization_layout(state_dict, loaded.metadata)
+    state_dict, quantization = host.host_quantization(state_dict, loaded.metadata, layout, source)
+    host.refuse_fp8_on_quantized(quantization, T5_DTYPES[dtype], "dtype", source)
+    load_device = torch.device("cpu") if device == "cpu" else comfy.model_management.text_encoder_device()
+    storage = T5_DTYPES[dtype] or _default_dtype(state_dict, load_device)
+    model_options = {"dtype": storage, **quantization.model_options()}
     if device == "cpu":
-        model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
-    parameters = sum(t.numel() for t in state_dict.values())
-    clip = comfy.sd.CLIP(t5_clip_target(config, tokenizer_path, caption_tokens, scaled_fp8),
-                         embedding_directory=embedding_directory, parameters=parameters, model_options=model_options)
-    missing, unexpected = clip.load_sd(state_dict)
-    missing = [k for k in missing if not k.endswith("scaled_fp8")]
-    if missing:
-        raise ValueError(f"{source}: T5 weights do not fit the configuration read from them; missing {missing[:6]}.")
-    log.info("PixArt T5 %s: %d layers, d_model %d, %d caption tokens, tokenizer %s", source, config["num_layers"],
-             config["d_model"], caption_tokens, tokenizer_path)
+        model_options["load_device"] = model_options["offload_device"] = load_device
+    if not quantization.quantized:
+        host.cast_for_storage(state_dict, storage)
+    tokenizer_path = find_tokenizer(loaded.source if os.path.isdir(path) else path)
+    parameters = sum(t.numel() for k, t in state_dict.items() if not is_quantization_key(k))
+    target = t5_clip_target(config, tokenizer_path, caption_tokens, source)
+    clip = host.build_clip(target, state_dict, embedding_directory=embedding_directory, parameters=parameters,
+                    model_options=model_options, disable_dynamic=disable_dynamic)
+    clip.patcher.cached_patcher_init = (load_t5_patcher, (path, dtype, device, caption_tokens, embedding_directory))
+    log.info("PixArt T5 %s: %d layers, d_model %d, %d caption tokens, weights %s%s, tokenizer %s", source,
+             config["num_layers"], config["d_model"], caption_tokens, storage, f" ({layout})" if layout else "",
+             tokenizer_path)
     return clip
+
+
+def load_t5_patcher(path: str, dtype: str, device: str, caption_tokens: int, embedding_directory,
+                    disable_dynamic: bool = False):
+    """The CLIP patcher's cached_patcher_init factory (multi-GPU deep clones, non-dynamic delegates)."""
+    return load_t5_clip(path, dtype, device, caption_tokens, embedding_directory, disable_dynamic=disable_dynamic).patcher

@@ -1,0 +1,247 @@
+"""Host tier: our loaders on the host's own loading pattern, on every supported ComfyUI.
+
+Storage dtypes under dynamic VRAM, quantized files read as the host reads them (legacy scaled fp8, mixed-precision
+comfy_quant), weights left unused refused, and the reload factory behind multi-GPU deep clones and non-dynamic
+delegates. Features a host lacks are skipped with the reason (feature detection, as the nodes do).
+"""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from host.comfy_host import import_comfy, require_comfyui, sample_tiny, t5_state_dict, tiny_t5
+from host.quantized_files import (
+    DIT_ALL_LINEARS,
+    DIT_BLOCK_LINEARS,
+    T5_LINEARS,
+    legacy_scaled_fp8,
+    linear_layers,
+    mixed_precision,
+    save,
+)
+from tiny_models import original_layout
+
+COMFYUI = require_comfyui()
+import_comfy(COMFYUI)
+
+import comfy.model_management  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+import comfy.utils  # noqa: E402
+from pixart_sigma_nodes.nodes import dit_model, host, t5_encoder  # noqa: E402
+from pixart_sigma_nodes.pixart.checkpoint import CheckpointError  # noqa: E402
+
+HAS_MIXED_PRECISION = hasattr(comfy.utils, "detect_layer_quantization")
+HAS_MULTIGPU = hasattr(comfy.model_patcher.ModelPatcher, "deepclone_multigpu")
+TEXT = "a red dog riding a horse on the moon"
+
+
+def _relative(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def _conds():
+    generator = torch.Generator().manual_seed(5)
+    positive = [[torch.randn(1, 300, 32, generator=generator), {"attention_mask": torch.tensor([[1] * 9 + [0] * 291])}]]
+    negative = [[torch.randn(1, 300, 32, generator=generator), {"attention_mask": torch.tensor([[1] + [0] * 299])}]]
+    return positive, negative
+
+
+def _dit_forward(patcher) -> torch.Tensor:
+    comfy.model_management.load_models_gpu([patcher])
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, 12, 16, generator=generator)
+    context = torch.randn(2, 300, 32, generator=generator)
+    mask = torch.zeros(2, 300)
+    mask[0, :7], mask[1, :40] = 1, 1
+    with torch.no_grad():
+        return patcher.model.diffusion_model(x, torch.tensor([900.0, 300.0]), context, attention_mask=mask,
+                                             transformer_options={}).float()
+
+
+def _t5_cond(clip) -> torch.Tensor:
+    out = clip.encode_from_tokens(clip.tokenize(TEXT), return_dict=True)
+    real = out["attention_mask"][0].bool()
+    return out["cond"][0, real].float()
+
+
+@pytest.fixture(scope="module")
+def t5_fp32(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("t5_host")
+    state = t5_state_dict(tiny_t5(seed=3))
+    return state, save(state, str(folder / "t5-fp32.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def dit_fp32(sigma_ckpt):
+    return original_layout(sigma_ckpt.model, sigma_ckpt.null_caption)
+
+
+# --- dynamic VRAM -------------------------------------------------------------------------------------------------
+
+def _native_manual_cast(weight_dtype, device, supported_dtypes=None):
+    """unet_manual_cast of a GPU that computes natively in fp16 and bf16 (an H100): no cast for those, bf16 for fp8."""
+    return None if weight_dtype in (None, torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+@pytest.fixture
+def simulated_nvidia(monkeypatch):
+    """What current ComfyUI's main.py sets on NVIDIA, simulated in-process on this CPU: dynamic VRAM on
+    (memory_management.aimdo_enabled, so comfy.ops builds lazy layers that keep the tensors they are given, and
+    CoreModelPatcher = ModelPatcherDynamic, which for a CPU load device hands back a plain ModelPatcher, so the
+    assign=True load itself is not reached here), and a GPU computing natively in the storage dtype
+    (unet_manual_cast returns None for fp16/bf16)."""
+    try:
+        import comfy.memory_management as memory_management
+    except ImportError:
+        memory_management = None
+    if memory_management is None or not hasattr(memory_management, "aimdo_enabled"):
+        pytest.skip("this ComfyUI has no dynamic VRAM (comfy.memory_management.aimdo_enabled)")
+    monkeypatch.setattr(memory_management, "aimdo_enabled", True)
+    if hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
+        monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcherDynamic)
+    monkeypatch.setattr(comfy.model_management, "unet_manual_cast", _native_manual_cast)
+
+
+DTYPES = [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp8_e4m3fn", torch.float8_e4m3fn)]
+
+
+@pytest.mark.parametrize("choice,dtype", DTYPES)
+def test_dit_storage_dtype_under_dynamic_vram(simulated_nvidia, sigma_ckpt, choice, dtype):
+    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], choice)  # an fp32 file
+    dit = patcher.model.diffusion_model
+    linears = [m for m in dit.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and {m.weight.dtype for m in linears} == {dtype}
+    assert {p.dtype for p in dit.parameters()} == {dtype}
+    positive, negative = _conds()
+    out = sample_tiny(patcher, positive, negative)
+    comfy.model_management.unload_all_models()
+    print(f"\n{choice}: {len(linears)} Linear weights in {dtype}, latent std {out.std():.3f}")
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("choice,dtype", DTYPES)
+def test_t5_storage_dtype_under_dynamic_vram(simulated_nvidia, t5_fp32, choice, dtype):
+    _, path = t5_fp32
+    clip = t5_encoder.load_t5_clip(path, dtype=choice)
+    transformer = clip.cond_stage_model.t5xxl.transformer
+    linears = [m for m in transformer.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and {m.weight.dtype for m in linears} == {dtype}
+    assert {p.dtype for p in transformer.parameters()} == {dtype}
+    assert torch.isfinite(_t5_cond(clip)).all()
+
+
+# --- quantized files ----------------------------------------------------------------------------------------------
+
+def test_scaled_fp8_t5_equals_its_dequantized_twin(t5_fp32, tmp_path):
+    state, _ = t5_fp32
+    stored, twin = legacy_scaled_fp8(state, linear_layers(state, T5_LINEARS))
+    quantized = t5_encoder.load_t5_clip(save(stored, str(tmp_path / "t5-fp8-scaled.safetensors")))
+    reference = t5_encoder.load_t5_clip(save(twin, str(tmp_path / "t5-twin.safetensors")), dtype="fp32")
+    relative = _relative(_t5_cond(quantized), _t5_cond(reference))
+    print(f"\nscaled fp8 T5 vs its dequantized fp32 twin: relative L2 {relative:.2e}")
+    assert relative <= 0.01
+
+
+@pytest.mark.parametrize("fmt,in_header", [("float8_e4m3fn", True), ("float8_e5m2", False)])
+def test_comfy_quant_t5_equals_its_dequantized_twin(t5_fp32, tmp_path, fmt, in_header):
+    state, _ = t5_fp32
+    stored, header, twin = mixed_precision(state, linear_layers(state, T5_LINEARS), fmt, in_header)
+    path = save(stored, str(tmp_path / f"t5-{fmt}.safetensors"), header)
+    if not HAS_MIXED_PRECISION:
+        with pytest.raises(CheckpointError, match="mixed-precision quantization"):
+            t5_encoder.load_t5_clip(path)
+        return
+    quantized = t5_encoder.load_t5_clip(path)
+    reference = t5_encoder.load_t5_clip(save(twin, str(tmp_path / "t5-twin.safetensors")), dtype="fp32")
+    relative = _relative(_t5_cond(quantized), _t5_cond(reference))
+    print(f"\n{fmt} comfy_quant T5 vs its dequantized fp32 twin: relative L2 {relative:.2e}")
+    assert relative <= 0.01
+
+
+def test_scaled_fp8_dit_equals_its_dequantized_twin(dit_fp32, tmp_path):
+    stored, twin = legacy_scaled_fp8(dit_fp32, linear_layers(dit_fp32, DIT_ALL_LINEARS))
+    quantized = dit_model.load_dit_patcher(save(stored, str(tmp_path / "dit-fp8-scaled.safetensors")))
+    reference = dit_model.load_dit_patcher(save(twin, str(tmp_path / "dit-twin.safetensors")), "fp32")
+    relative = _relative(_dit_forward(quantized), _dit_forward(reference))
+    print(f"\nscaled fp8 DiT vs its dequantized fp32 twin: relative L2 {relative:.2e}")
+    assert relative <= 0.01
+
+
+@pytest.mark.parametrize("fmt,in_header", [("float8_e4m3fn", True), ("float8_e5m2", False)])
+def test_comfy_quant_dit_equals_its_dequantized_twin(dit_fp32, tmp_path, fmt, in_header):
+    stored, header, twin = mixed_precision(dit_fp32, linear_layers(dit_fp32, DIT_BLOCK_LINEARS), fmt, in_header)
+    path = save(stored, str(tmp_path / f"dit-{fmt}.safetensors"), header)
+    if not HAS_MIXED_PRECISION:
+        with pytest.raises(CheckpointError, match="mixed-precision quantization"):
+            dit_model.load_dit_patcher(path)
+        return
+    quantized = dit_model.load_dit_patcher(path)
+    reference = dit_model.load_dit_patcher(save(twin, str(tmp_path / "dit-twin.safetensors")), "fp32")
+    relative = _relative(_dit_forward(quantized), _dit_forward(reference))
+    positive, negative = _conds()
+    sampled = sample_tiny(quantized, positive, negative)
+    print(f"\n{fmt} comfy_quant DiT vs its dequantized fp32 twin: relative L2 {relative:.2e}")
+    assert relative <= 0.01 and torch.isfinite(sampled).all()
+
+
+def test_fp8_choice_on_a_quantized_file_is_refused(dit_fp32, tmp_path):
+    stored, _ = legacy_scaled_fp8(dit_fp32, linear_layers(dit_fp32, DIT_BLOCK_LINEARS))
+    path = save(stored, str(tmp_path / "dit-fp8-scaled.safetensors"))
+    with pytest.raises(CheckpointError, match="already quantized.*weight_dtype"):
+        dit_model.load_dit_patcher(path, "fp8_e4m3fn")
+
+
+# --- weights left unused ------------------------------------------------------------------------------------------
+
+def test_unused_dit_weights_are_an_error(dit_fp32, tmp_path):
+    extra = {**dit_fp32, "blocks.0.attn.qkv.scale_weight": torch.tensor(0.5)}  # a scale without the marker
+    path = save(extra, str(tmp_path / "dit-stray-scale.safetensors"))
+    with pytest.raises(CheckpointError, match=r"dit-stray-scale\.safetensors.*unused.*scale_weight"):
+        dit_model.load_dit_patcher(path)
+
+
+def test_unused_t5_weights_are_an_error(t5_fp32, tmp_path):
+    state, _ = t5_fp32
+    extra = {**state, "encoder.block.0.layer.0.SelfAttention.q.scale_weight": torch.tensor(0.5)}
+    path = str(tmp_path / "t5-stray-scale.safetensors")
+    save_file(extra, path)
+    with pytest.raises(CheckpointError, match=r"t5-stray-scale\.safetensors.*unused.*scale_weight"):
+        t5_encoder.load_t5_clip(path)
+
+
+# --- multi-GPU deep clones and non-dynamic delegates -------------------------------------------------------------
+
+def _deep_clones(patcher):
+    """The two ways the host reloads a model from the loader's cached_patcher_init factory."""
+    clones = {"clone(disable_dynamic=True)": patcher.clone(disable_dynamic=True, force_deepcopy=True)}
+    clones["deepclone_multigpu"] = patcher.deepclone_multigpu(new_load_device=torch.device("cpu"))
+    return clones
+
+
+@pytest.mark.skipif(not HAS_MULTIGPU, reason="this ComfyUI has no multi-GPU deep clones (deepclone_multigpu)")
+@pytest.mark.parametrize("loader", ["dit", "repo"])
+def test_model_reloads_through_its_factory(sigma_ckpt, loader):
+    path = sigma_ckpt.paths["original_safetensors" if loader == "dit" else "diffusers_repo"]
+    patcher = dit_model.load_dit_patcher(path, "fp32")
+    positive, negative = _conds()
+    reference = sample_tiny(patcher, positive, negative)
+    for how, clone in _deep_clones(patcher).items():
+        assert clone.model is not patcher.model, how
+        assert not host.is_dynamic(clone) or how == "deepclone_multigpu", how
+        assert torch.equal(sample_tiny(clone, positive, negative), reference), how
+
+
+@pytest.mark.skipif(not HAS_MULTIGPU, reason="this ComfyUI has no multi-GPU deep clones (deepclone_multigpu)")
+@pytest.mark.parametrize("layout", ["file", "folder"])
+def test_clip_reloads_through_its_factory(t5_fp32, tmp_path, layout):
+    state, path = t5_fp32
+    if layout == "folder":  # a diffusers text_encoder folder, as the repo loader reads it
+        tiny_t5(seed=3).save_pretrained(str(tmp_path / "text_encoder"))
+        path = str(tmp_path / "text_encoder")
+    clip = t5_encoder.load_t5_clip(path, dtype="fp32")
+    reference = _t5_cond(clip)
+    assert torch.equal(_t5_cond(clip.clone(disable_dynamic=True)), reference)
+    for how, clone in _deep_clones(clip.patcher).items():
+        assert clone.model is not clip.patcher.model, how
+        copy = clip.clone()
+        copy.patcher, copy.cond_stage_model = clone, clone.model
+        assert torch.equal(_t5_cond(copy), reference), how
