@@ -1,5 +1,6 @@
 """A real ComfyUI server for the host tier: --cpu, a temporary --base-directory, this pack symlinked into
-custom_nodes, API-mode prompts over HTTP on loopback."""
+custom_nodes, API-mode prompts over HTTP on loopback. COMFYUI_FRONTEND_ROOT, when set, is served as the frontend
+(--front-end-root), e.g. a newer comfyui-frontend-package installed with pip --target."""
 from __future__ import annotations
 
 import json
@@ -32,9 +33,11 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(base, "server.log")
         self._log = open(self.log_path, "w")
+        frontend = os.environ.get("COMFYUI_FRONTEND_ROOT")  # e.g. comfyui-frontend-package 1.58.1's static folder
         self.process = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--base-directory", base, "--listen", "127.0.0.1", "--port",
-             str(self.port), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"],
+             str(self.port), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+            + (["--front-end-root", frontend] if frontend else []),
             cwd=comfyui, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.time() + startup_timeout
         while time.time() < deadline:

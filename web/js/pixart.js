@@ -1,26 +1,34 @@
-// PixArt-Σ Nodes browser extension: live token counter on PixArt Text Encode and a resolution helper on
-// PixArt Empty Latent. Both ask the pack's small server routes, so the numbers are the nodes' own.
+// PixArt-Σ Nodes browser extension: a live token counter on PixArt Text Encode and the generated size on PixArt Empty
+// Latent. Both ask the pack's server routes, so the numbers are the nodes' own. They are shown in a DOM widget (an
+// HTML element the frontend places on the node), which the classic canvas and the Vue nodes mode both display.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
-const DEBOUNCE_MS = 250;
-
-function debounce(fn, ms) {
-  let timer = null;
-  return (...args) => {
-    clearTimeout(timer);
-    timer = setTimeout(() => fn(...args), ms);
-  };
-}
+const REFRESH_MS = 300; // how often a node checks whether what it shows is still current (no request unless changed)
+const SUBGRAPH_INPUT_ID = -10; // litegraph's id of a subgraph's input node
 
 function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
 }
 
 function addStatus(node, name) {
-  const status = node.addWidget("text", name, "", () => {}, { serialize: false });
+  const element = document.createElement("div");
+  element.className = "pixart-status";
+  element.dataset.pixart = name;
+  Object.assign(element.style, {
+    font: "12px sans-serif", lineHeight: "18px", opacity: "0.85", padding: "0 6px", whiteSpace: "nowrap", overflow: "hidden",
+    textOverflow: "ellipsis", pointerEvents: "none",
+  });
+  const status = node.addDOMWidget(name, "pixart-status", element, {
+    serialize: false,
+    hideOnZoom: false,
+    getValue: () => element.textContent,
+    setValue: (value) => { element.textContent = value; },
+    margin: 4,
+    getMinHeight: () => 26,
+    getMaxHeight: () => 26,
+  });
   status.serialize = false;
-  status.disabled = true;
   return status;
 }
 
@@ -35,37 +43,101 @@ async function postJson(route, body) {
   return data;
 }
 
+function inputSlot(node, name) {
+  return node.inputs?.findIndex((input) => input.name === name) ?? -1;
+}
+
+function allGraphs(graph) {
+  const root = graph?.rootGraph ?? graph;
+  return root ? [root, ...(root.subgraphs?.values?.() ?? [])] : [];
+}
+
+function nodesOf(graph) {
+  return graph?.nodes ?? graph?._nodes ?? [];
+}
+
+// The link arriving at an input slot in the node's own graph. LGraphNode's method, called directly: a subgraph
+// node overrides getInputLink with a lookup inside its subgraph.
+function inputLink(node, slot) {
+  const getInputLink = window.LiteGraph?.LGraphNode?.prototype?.getInputLink ?? node.getInputLink;
+  return getInputLink?.call(node, slot) ?? null;
+}
+
+// The node that feeds `slot` of `node`, followed out of subgraphs: inside a subgraph the link starts at the
+// subgraph's input node, so continue from the matching input of a node that uses this subgraph.
+function sourceNode(node, slot, depth = 0) {
+  if (slot < 0 || depth > 16) return null;
+  const link = inputLink(node, slot);
+  if (!link) return null;
+  if (link.origin_id === SUBGRAPH_INPUT_ID || String(link.origin_id) === String(SUBGRAPH_INPUT_ID)) {
+    for (const graph of allGraphs(node.graph)) {
+      for (const host of nodesOf(graph)) {
+        if (host.subgraph === node.graph) {
+          const found = sourceNode(host, link.origin_slot, depth + 1);
+          if (found) return found;
+        }
+      }
+    }
+    return null;
+  }
+  return node.graph?.getNodeById(link.origin_id) ?? null;
+}
+
 function captionLength(node) {
-  // Follow the clip input to a PixArt T5 Loader and read its caption_length; 300 (Σ) otherwise.
-  const link = node.inputs?.find((i) => i.name === "clip")?.link;
-  const origin = link != null ? node.graph?.getNodeById(node.graph.links[link]?.origin_id) : null;
-  const choice = origin ? widget(origin, "caption_length")?.value : null;
-  return choice === "alpha_120" ? 120 : 300;
+  // The connected PixArt T5 Loader's caption_length; 300 (PixArt-Σ) otherwise.
+  const origin = sourceNode(node, inputSlot(node, "clip"));
+  return widget(origin ?? {}, "caption_length")?.value === "alpha_120" ? 120 : 300;
+}
+
+// Shows `describe(state)` whenever `read()` gives a new state, checking every REFRESH_MS and on `widgets`' callbacks;
+// an answer that arrives after a newer request is dropped. Stops when the node is removed.
+function follow(node, status, widgets, read, describe) {
+  let shown = null;
+  let latest = 0;
+  const check = async () => {
+    const state = read();
+    const key = JSON.stringify(state);
+    if (key === shown) return;
+    shown = key;
+    const request = ++latest;
+    const text = await describe(state);
+    if (request === latest) {
+      status.value = text;
+      node.setDirtyCanvas?.(true, true);
+    }
+  };
+  for (const w of widgets) {
+    const original = w.callback;
+    w.callback = function (...args) {
+      const result = original?.apply(this, args);
+      check();
+      return result;
+    };
+  }
+  const timer = setInterval(check, REFRESH_MS);
+  const onRemoved = node.onRemoved;
+  node.onRemoved = function (...args) {
+    clearInterval(timer);
+    return onRemoved?.apply(this, args);
+  };
+  check();
 }
 
 function setupTokenCounter(node) {
   const text = widget(node, "text");
   if (!text) return;
   const status = addStatus(node, "tokens");
-  const update = debounce(async () => {
-    const limit = captionLength(node);
-    try {
-      const data = await postJson("/pixart/token_count", { text: text.value ?? "", caption_length: limit });
-      status.value = data.dropped > 0
-        ? `${data.count}/${data.limit} tokens — TRUNCATED: ${data.dropped} cut off`
-        : `${data.count}/${data.limit} tokens`;
-    } catch (error) {
-      status.value = `token count unavailable: ${error.message}`;
-    }
-    node.setDirtyCanvas(true, true);
-  }, DEBOUNCE_MS);
-  const original = text.callback;
-  text.callback = function (...args) {
-    update();
-    return original?.apply(this, args);
-  };
-  text.inputEl?.addEventListener("input", update);
-  update();
+  follow(node, status, [text], () => ({ text: String(text.value ?? ""), caption_length: captionLength(node) }),
+    async (state) => {
+      try {
+        const data = await postJson("/pixart/token_count", state);
+        return data.dropped > 0
+          ? `${data.count}/${data.limit} tokens — TRUNCATED: ${data.dropped} cut off`
+          : `${data.count}/${data.limit} tokens`;
+      } catch (error) {
+        return `token count unavailable: ${error.message}`;
+      }
+    });
 }
 
 function setupResolutionHelper(node) {
@@ -74,27 +146,18 @@ function setupResolutionHelper(node) {
   const binning = widget(node, "binning");
   if (!width || !height || !binning) return;
   const status = addStatus(node, "generates");
-  const update = debounce(async () => {
-    try {
-      const data = await postJson("/pixart/resolution", {
-        width: Number(width.value), height: Number(height.value), binning: String(binning.value),
-      });
-      status.value = data.resized
-        ? `generates ${data.width}×${data.height} (bins ${data.table}), resized back to ${width.value}×${height.value}`
-        : `generates ${data.width}×${data.height}`;
-    } catch (error) {
-      status.value = `size check unavailable: ${error.message}`;
-    }
-    node.setDirtyCanvas(true, true);
-  }, DEBOUNCE_MS);
-  for (const w of [width, height, binning]) {
-    const original = w.callback;
-    w.callback = function (...args) {
-      update();
-      return original?.apply(this, args);
-    };
-  }
-  update();
+  follow(node, status, [width, height, binning],
+    () => ({ width: Number(width.value), height: Number(height.value), binning: String(binning.value) }),
+    async (state) => {
+      try {
+        const data = await postJson("/pixart/resolution", state);
+        return data.resized
+          ? `generates ${data.width}×${data.height} (bins ${data.table}), resized back to ${state.width}×${state.height}`
+          : `generates ${data.width}×${data.height}`;
+      } catch (error) {
+        return `size check unavailable: ${error.message}`;
+      }
+    });
 }
 
 app.registerExtension({
