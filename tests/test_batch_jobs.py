@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from batch_client.jobs import Job, fill, find_nodes, read_prompts
+from batch_client.jobs import BadInput, Job, fill, find_nodes, load_workflow, read_prompts, workflow_nodes
 
 WORKFLOW = {
     "1": {"class_type": "PixArtT5Loader", "inputs": {"t5_name": "t5.safetensors"}},
@@ -46,3 +46,35 @@ def test_fill_finds_prompt_negative_and_seed():
 def test_workflow_without_a_sampler_is_refused():
     with pytest.raises(ValueError, match="exactly one sampler"):
         find_nodes({"1": {"class_type": "SaveImage", "inputs": {}}})
+
+
+def test_bad_seed_names_the_file_and_prompt(tmp_path):
+    (tmp_path / "p.csv").write_text("prompt,seed\na cat,1\na dog,lots\n")
+    with pytest.raises(BadInput, match=r"p\.csv: prompt 2 has seed 'lots', not an integer"):
+        read_prompts(str(tmp_path / "p.csv"))
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ('{"last_node_id": 9, "nodes": [], "links": []}', "UI-format workflow; export it with 'Export \\(API\\)'"),
+    ("{nope", "not valid JSON"),
+    ('{"1": {"inputs": {}}}', "not an API-format workflow"),
+    ("[]", "not an API-format workflow")])
+def test_workflow_files_that_are_not_api_format(tmp_path, content, fragment):
+    (tmp_path / "w.json").write_text(content)
+    with pytest.raises(BadInput, match=f"--workflow .*w\\.json.*{fragment}"):
+        load_workflow(str(tmp_path / "w.json"))
+
+
+def test_workflow_nodes_named_or_found():
+    assert workflow_nodes(WORKFLOW, "w.json") == ("2", "3", "4")
+    assert workflow_nodes(WORKFLOW, "w.json", prompt_node="3", negative_node="2", seed_node="4") == ("3", "2", "4")
+    with pytest.raises(BadInput, match="--prompt-node 9: no such node in --workflow w.json"):
+        workflow_nodes(WORKFLOW, "w.json", prompt_node="9", seed_node="4")
+    unlinked = {**WORKFLOW, "4": {"class_type": "KSampler", "inputs": {"positive": ["1", 0], "seed": 0}}}
+    with pytest.raises(BadInput, match="w.json: the sampler's positive input does not come from a text-encode node"):
+        workflow_nodes(unlinked, "w.json")
+
+
+def test_job_row_round_trip():
+    job = Job(3, "a fox", 7, negative=None, name="fox")
+    assert Job.from_row(job.row()) == job

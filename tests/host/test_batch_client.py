@@ -59,8 +59,12 @@ def test_batch_over_two_servers_survives_one_stopping(server, tmp_path):
     served = {url: int(line.split(": ")[1].split()[0]) for line in lines for url in (server.url, second.url)
               if line.strip().startswith(url + ":") and line.strip().endswith("prompts")}
     assert served.get(second.url, 0) >= 1 and served.get(server.url, 0) >= 1, served
-    files = sorted(os.listdir(out))
+    files = sorted(name for name in os.listdir(out) if name.endswith(".png"))
     assert len(files) == 6, files
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(entry["index"], entry["prompt"], entry["error"]) for entry in manifest] == [
+        (index, prompt, None) for index, prompt in enumerate(PROMPTS)]
+    assert all(entry["file"] in files and entry["worker"] in (server.url, second.url) for entry in manifest), manifest
     for index, prompt in enumerate(PROMPTS):
         (name,) = [f for f in files if f.startswith(f"{index:04d}-")]
         image = Image.open(out / name)
