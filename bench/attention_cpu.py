@@ -12,16 +12,23 @@ much the peak resident memory grew beyond its inputs, to show that SDPA's CPU ke
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import platform
 import resource
-import statistics
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.fixtures.pack import comfyui_or_exit, import_comfy  # noqa: E402
+from bench.fixtures.timing import interleaved, measure  # noqa: E402
+
 log = logging.getLogger("bench.attention_cpu")
+SUB_QUAD = "sub_quad (ComfyUI's CPU default)"
+SDPA = "pytorch SDPA (ours on CPU)"
 
 
 def peak_rss_mib() -> float:
@@ -30,17 +37,14 @@ def peak_rss_mib() -> float:
 
 def sdpa_memory(sdpa, tokens: int, heads: int, width: int, generator) -> None:
     """Peak resident memory added by one self-attention call over `tokens`, against the N x N scores' size."""
-    import torch
-
     q, k, v = torch.randn(3, 2, tokens, width, generator=generator)  # 3 x (B, N, heads * 72)
     before = peak_rss_mib()
-    start = time.perf_counter()
     with torch.inference_mode():
-        out = sdpa(q, k, v, heads)  # (B, N, heads * 72)
+        seconds, out = measure(lambda: sdpa(q, k, v, heads))  # (B, N, heads * 72)
     grown = peak_rss_mib() - before
     scores = 2 * heads * tokens * tokens * 4 / 2**20  # fp32 (B, heads, N, N)
     log.info("%d tokens SDPA self-attention: %.1f s, peak memory +%.0f MiB (output %.0f MiB; the N x N scores "
-             "would be %.0f MiB)", tokens, time.perf_counter() - start, grown, out.numel() * 4 / 2**20, scores)
+             "would be %.0f MiB)", tokens, seconds, grown, out.numel() * 4 / 2**20, scores)
 
 
 def main():
@@ -50,25 +54,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-tokens", type=int, default=16384, help="0 leaves the memory check out")
     args = parser.parse_args()
-    sys.path.insert(0, ROOT)
-    from bench.common import comfyui_or_exit
-
-    comfyui = comfyui_or_exit()
-    from host.comfy_host import import_comfy
-
-    import_comfy(comfyui)
+    import_comfy(comfyui_or_exit())
     import comfy.ldm.modules.attention as comfy_attention
-    import torch
 
     torch.set_num_threads(os.cpu_count())
-    functions = {"sub_quad (ComfyUI's CPU default)": comfy_attention.attention_sub_quad,
-                 "split": comfy_attention.attention_split,
-                 "pytorch SDPA (ours on CPU)": comfy_attention.get_attention_function("pytorch", None)}
+    functions = {SUB_QUAD: comfy_attention.attention_sub_quad, "split": comfy_attention.attention_split,
+                 SDPA: comfy_attention.get_attention_function("pytorch", None)}
     heads, width = 16, 16 * 72
     log.info("machine: %s, %d threads, torch %s", platform.machine(), torch.get_num_threads(), torch.__version__)
     generator = torch.Generator().manual_seed(0)
     if args.memory_tokens:
-        sdpa_memory(functions["pytorch SDPA (ours on CPU)"], args.memory_tokens, heads, width, generator)
+        sdpa_memory(functions[SDPA], args.memory_tokens, heads, width, generator)
     for tokens in args.tokens:
         q = torch.randn(2, tokens, width, generator=generator)  # (B, N, heads * 72)
         k, v = torch.randn(2, 2, tokens, width, generator=generator)
@@ -77,21 +73,15 @@ def main():
         bias[1, ..., 1:] = -torch.finfo(torch.float32).max  # the empty negative prompt: one real token
         cases = {"self": (q, k, v, None), "cross": (q, ck, cv, bias)}
         for case, (qq, kk, vv, mask) in cases.items():
-            times = {name: [] for name in functions}
             with torch.inference_mode():
-                reference = functions["sub_quad (ComfyUI's CPU default)"](qq, kk, vv, heads, mask=mask)
-                diffs = {name: (fn(qq, kk, vv, heads, mask=mask) - reference).abs().max().item()
-                         for name, fn in functions.items()}
-                for _ in range(args.repeats):
-                    for name, fn in functions.items():
-                        start = time.perf_counter()
-                        fn(qq, kk, vv, heads, mask=mask)
-                        times[name].append(time.perf_counter() - start)
-            base = statistics.median(times["sub_quad (ComfyUI's CPU default)"])
+                timings = interleaved({name: functools.partial(fn, qq, kk, vv, heads, mask=mask)
+                                       for name, fn in functions.items()}, args.repeats)
+            base = timings.median(SUB_QUAD)
             for name in functions:
-                median = statistics.median(times[name])
+                median = timings.median(name)
+                difference = (timings.results[name] - timings.results[SUB_QUAD]).abs().max().item()
                 log.info("%5d tokens %-5s %-34s %7.3f s  ratio to sub_quad %.2f  max |diff| %.1e", tokens, case, name,
-                         median, median / base, diffs[name])
+                         median, median / base, difference)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     python bench/dit_forward_cpu.py [--tokens 1024 4096] [--repeats 5]
     COMFYUI_PATH=/path/to/ComfyUI python bench/dit_forward_cpu.py      # adds the ComfyUI rows
 
-Rows (interleaved, median of --repeats after a warm-up):
-  ours                 pixart.dit.PixArtDiT: plain torch, torch SDPA
+Rows (bench/fixtures/timing.py: interleaved, median of --repeats after a warm-up; weights from
+bench/fixtures/models.py random_pair):
+  ours                 the engine's PixArtDiT (pixart_sigma_nodes.pixart.dit): plain torch, torch SDPA
   diffusers            diffusers' PixArtTransformer2DModel (SDPA)
   ours in ComfyUI      nodes' ComfyPixArtDiT on comfy.ops with ComfyUI's attention dispatch, as the nodes run it
   ComfyUI-native       comfy.ldm.pixart's PixArtMS with ComfyUI's default dispatch (sub-quadratic on the CPU)
@@ -17,52 +18,43 @@ ComfyUI / each ComfyUI-native row.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import comfyui_or_exit, diffusers_transformer, ours_from  # noqa: E402
-from pixart.dit import PixArtDiT  # noqa: E402
+from bench.fixtures.models import random_pair  # noqa: E402
+from bench.fixtures.pack import comfyui_path, import_comfy, import_pack  # noqa: E402
+from bench.fixtures.timing import interleaved  # noqa: E402
+
+import_pack()
+from pixart_sigma_nodes.pixart.dit import PixArtDiT  # noqa: E402
 
 log = logging.getLogger("bench.dit_forward_cpu")
 REAL_TOKENS = 40
 
 
-def build_reference_and_ours(depth: int):
-    """diffusers' transformer with random weights (std 0.02) and our DiT with the same weights."""
-    torch.manual_seed(0)
-    reference = diffusers_transformer(depth)
-    with torch.no_grad():
-        for param in reference.parameters():
-            param.copy_(torch.randn_like(param) * 0.02)
-    ours, state = ours_from(reference)
-    return reference, ours, state
-
-
-def comfy_rows(ours: PixArtDiT, state: dict, context, mask) -> dict:
-    """The three ComfyUI rows as callables of x, or {} without COMFYUI_PATH."""
-    if not os.environ.get("COMFYUI_PATH"):
+def comfy_rows(ours: PixArtDiT, context, mask) -> dict:
+    """The three ComfyUI rows as callables of x, or {} without a ComfyUI checkout."""
+    comfyui = comfyui_path()
+    if comfyui is None:
         log.info("COMFYUI_PATH not set: the ComfyUI rows are left out")
         return {}
-    comfyui = comfyui_or_exit()
-    from host.comfy_host import import_comfy
-
     import_comfy(comfyui)
     import comfy.ldm.modules.attention as comfy_attention
     import comfy.ldm.pixart.blocks as native_blocks
     import comfy.ldm.pixart.pixartms as native_module
     import comfy.ops
+
     from pixart_sigma_nodes.nodes.dit_model import ComfyPixArtDiT
 
     ops = comfy.ops.disable_weight_init
+    state = ours.state_dict()
     in_comfy = ComfyPixArtDiT(ours.config, operations=ops).eval()
     in_comfy.load_state_dict(state)
     cfg = ours.config
@@ -104,33 +96,27 @@ def main():
     log.info("machine: %s, %d threads, torch %s; hidden 1152, 16 heads, %d blocks, batch 2, 300 caption tokens "
              "(%d real)", platform.machine(), torch.get_num_threads(), torch.__version__, args.depth, REAL_TOKENS)
 
-    reference, ours, state = build_reference_and_ours(args.depth)
+    ours, reference = random_pair(args.depth)
     generator = torch.Generator().manual_seed(1)
-    context = torch.randn(2, 300, 4096, generator=generator)
+    context = torch.randn(2, 300, 4096, generator=generator)  # (B, L, C)
     mask = torch.zeros(2, 300)
     mask[:, :REAL_TOKENS] = 1
     t = torch.full((2,), 500.0)
     rows = {"ours": lambda x: ours(x, t, context, mask),
             "diffusers": lambda x: reference(x, encoder_hidden_states=context, timestep=t,
                                              encoder_attention_mask=mask, return_dict=False)[0],
-            **comfy_rows(ours, state, context, mask)}
+            **comfy_rows(ours, context, mask)}
     for tokens in args.tokens:
         side = int(tokens ** 0.5) * 2
-        x = torch.randn(2, 4, side, side, generator=generator)
-        times = {name: [] for name in rows}
+        x = torch.randn(2, 4, side, side, generator=generator)  # (B, 4, h, w)
         with torch.inference_mode():
-            outputs = {name: fn(x)[:, :4] for name, fn in rows.items()}  # also the warm-up
-            for _ in range(args.repeats):
-                for name, fn in rows.items():
-                    start = time.perf_counter()
-                    fn(x)
-                    times[name].append(time.perf_counter() - start)
-        medians = {name: statistics.median(values) for name, values in times.items()}
+            timings = interleaved({name: functools.partial(fn, x) for name, fn in rows.items()}, args.repeats)
+        medians = timings.medians()
         log.info("-- %d tokens (latent %dx%d)", tokens, side, side)
         for name, median in medians.items():
-            difference = (outputs[name] - outputs["ours"]).abs().max().item()
+            difference = (timings.results[name][:, :4] - timings.results["ours"][:, :4]).abs().max().item()
             log.info("%-20s median %7.3f s  (%s)  max |difference to ours| %.1e", name, median,
-                     ", ".join(f"{v:.2f}" for v in times[name]), difference)
+                     ", ".join(f"{v:.2f}" for v in timings.samples[name]), difference)
         log.info("ratio ours / diffusers = %.3f", medians["ours"] / medians["diffusers"])
         for native in ("ComfyUI-native", "ComfyUI-native SDPA"):
             if native in medians:

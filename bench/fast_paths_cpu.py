@@ -17,42 +17,21 @@ import argparse
 import logging
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import pixart.dit as dit_module  # noqa: E402
-from bench.common import sigma_width_config  # noqa: E402
-from pixart import embeddings  # noqa: E402
-from pixart.dit import PixArtDiT  # noqa: E402
+from bench.fixtures.models import sigma_width_dit  # noqa: E402
+from bench.fixtures.pack import import_pack  # noqa: E402
+from bench.fixtures.timing import interleaved, measure  # noqa: E402
+
+import_pack()
+import pixart_sigma_nodes.pixart.dit as dit_module  # noqa: E402
+from pixart_sigma_nodes.pixart import embeddings  # noqa: E402
 
 log = logging.getLogger("bench.fast_paths_cpu")
-
-
-def build_model(depth: int) -> PixArtDiT:
-    torch.manual_seed(0)
-    model = PixArtDiT(sigma_width_config(depth)).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(std=0.02)
-    return model
-
-
-def interleaved(runs: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each callable, run in turn `repeats` times after one warm-up each."""
-    times = {name: [] for name in runs}
-    for fn in runs.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def report(label: str, medians: dict[str, float], before: str, after: str):
@@ -77,8 +56,8 @@ def bench_trim(model, x, t, context, mask, repeats):
 
     with torch.inference_mode():
         diff = (untrimmed() - model(x, t, context, mask)).abs().max().item()
-        medians = interleaved({"before": untrimmed, "after": lambda: model(x, t, context, mask)}, repeats)
-    return medians, diff
+        result = interleaved({"before": untrimmed, "after": lambda: model(x, t, context, mask)}, repeats).medians()
+    return result, diff
 
 
 def bench_caption_once(model, x, t, context, mask, steps, repeats):
@@ -93,9 +72,9 @@ def bench_caption_once(model, x, t, context, mask, steps, repeats):
             model(x, t, None, caption=caption)
 
     with torch.inference_mode():
-        medians = interleaved({"before": every_step, "after": once}, repeats)
-        medians["encode"] = interleaved({"encode": lambda: model.encode_caption(context, mask)}, repeats)["encode"]
-    return medians
+        result = interleaved({"before": every_step, "after": once}, repeats).medians()
+        result["encode"] = interleaved({"encode": lambda: model.encode_caption(context, mask)}, repeats).median("encode")
+    return result
 
 
 def bench_pos_embed(model, x, repeats):
@@ -105,27 +84,27 @@ def bench_pos_embed(model, x, repeats):
     args = (cfg.hidden_size, grid[0], grid[1], cfg.base_size, cfg.pe_interpolation)
 
     def uncached():
-        return embeddings._sincos_2d_cpu(*args).to(dtype=x.dtype).unsqueeze(0)
+        return embeddings._sincos_2d_cpu(*args).to(dtype=x.dtype).unsqueeze(0)  # (1, N, D)
 
-    return interleaved({"before": uncached,
-                        "after": lambda: embeddings.sincos_pos_embed_2d(*args, x.device, x.dtype)}, repeats)
+    def cached():
+        return embeddings.sincos_pos_embed_2d(*args, x.device, x.dtype)  # (1, N, D)
+
+    return interleaved({"before": uncached, "after": cached}, repeats).medians()
 
 
 def bench_compile(model, x, t, context, mask, repeats):
-    compiled = build_model(len(model.blocks))
+    compiled = sigma_width_dit(len(model.blocks))
     compiled.load_state_dict(model.state_dict())
     eager_blocks = list(compiled.blocks)
     for index, block in enumerate(eager_blocks):
         compiled.blocks[index] = torch.compile(block)
     caption = model.encode_caption(context, mask)
     with torch.inference_mode():
-        start = time.perf_counter()
-        first = compiled(x, t, None, caption=caption)
-        compile_s = time.perf_counter() - start
+        compile_s, first = measure(lambda: compiled(x, t, None, caption=caption))
         diff = (first - model(x, t, None, caption=caption)).abs().max().item()
-        medians = interleaved({"before": lambda: model(x, t, None, caption=caption),
-                               "after": lambda: compiled(x, t, None, caption=caption)}, repeats)
-    return medians, compile_s, diff
+        result = interleaved({"before": lambda: model(x, t, None, caption=caption),
+                              "after": lambda: compiled(x, t, None, caption=caption)}, repeats).medians()
+    return result, compile_s, diff
 
 
 def main():
@@ -142,28 +121,28 @@ def main():
     log.info("machine: %s, %d threads, torch %s", platform.machine(), torch.get_num_threads(), torch.__version__)
     log.info("shape: hidden 1152, 16 heads, %d blocks, batch 2, 300 caption tokens (40 and 1 real), fp32", args.depth)
 
-    model = build_model(args.depth)
+    model = sigma_width_dit(args.depth)
     generator = torch.Generator().manual_seed(1)
-    context = torch.randn(2, 300, 4096, generator=generator)
+    context = torch.randn(2, 300, 4096, generator=generator)  # (B, L, C)
     mask = torch.zeros(2, 300)
     mask[0, :40] = 1
     mask[1, :1] = 1
     t = torch.tensor([500.0, 500.0])
     for tokens in args.tokens:
         side = int(tokens ** 0.5) * 2
-        x = torch.randn(2, 4, side, side, generator=generator)
+        x = torch.randn(2, 4, side, side, generator=generator)  # (B, 4, h, w)
         log.info("-- %d image tokens (%d px)", tokens, side * 8)
-        medians, diff = bench_trim(model, x, t, context, mask, args.repeats)
-        report("trim T5 padding (one forward)", medians, "before", "after")
+        result, diff = bench_trim(model, x, t, context, mask, args.repeats)
+        report("trim T5 padding (one forward)", result, "before", "after")
         log.info("%-36s max |difference| %.1e", "", diff)
-        medians = bench_caption_once(model, x, t, context, mask, args.steps, args.repeats)
-        report(f"caption once ({args.steps} forwards)", medians, "before", "after")
-        log.info("%-36s encode_caption alone %.4f s", "", medians["encode"])
-        medians = bench_pos_embed(model, x, args.repeats)
-        report("pos-embed cache (table only)", medians, "before", "after")
+        result = bench_caption_once(model, x, t, context, mask, args.steps, args.repeats)
+        report(f"caption once ({args.steps} forwards)", result, "before", "after")
+        log.info("%-36s encode_caption alone %.4f s", "", result["encode"])
+        result = bench_pos_embed(model, x, args.repeats)
+        report("pos-embed cache (table only)", result, "before", "after")
         if not args.skip_compile:
-            medians, compile_s, diff = bench_compile(model, x, t, context, mask, args.repeats)
-            report("torch.compile blocks (one forward)", medians, "before", "after")
+            result, compile_s, diff = bench_compile(model, x, t, context, mask, args.repeats)
+            report("torch.compile blocks (one forward)", result, "before", "after")
             log.info("%-36s first call (compiling) %.1f s, max |difference| %.1e", "", compile_s, diff)
 
 

@@ -1,7 +1,8 @@
 """CPU benchmark: sampling time with KV compression (2x2, all layers, avg) / without, at PixArt's real width.
 
-Hidden 1152, 16 heads, 2 blocks, 4096 image tokens (1024 px), CFG batch of 2, a few DPM-Solver++ 2M steps
-on the reference schedule, same weights; compressed and uncompressed runs interleaved in one process.
+Hidden 1152, 16 heads, 2 blocks, 4096 image tokens (1024 px), CFG batch of 2, a few steps of PixArtSigmaPipeline's
+loop and scheduler (DPM-Solver++ 2M, bench/fixtures/sampling.py) with the caption encoded once per run, same
+weights; compressed and uncompressed runs interleaved in one process.
 Run: python bench/kv_compress_cpu.py [--steps 2] [--repeats 3] [--ratio 2] [--layers all]
 """
 from __future__ import annotations
@@ -9,44 +10,20 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import sigma_width_config  # noqa: E402
-from pixart.dit import PixArtDiT  # noqa: E402
-from pixart.kv_compress import KVCompress, parse_layers  # noqa: E402
-from pixart.schedule import reference_sigmas, reference_timesteps  # noqa: E402
+from bench.fixtures.models import sigma_width_dit  # noqa: E402
+from bench.fixtures.pack import import_pack  # noqa: E402
+from bench.fixtures.sampling import sample  # noqa: E402
+from bench.fixtures.schedulers import pixart_sigma_scheduler  # noqa: E402
+from bench.fixtures.timing import interleaved  # noqa: E402
 
-
-def sample(model, noise, context, mask, steps, cfg, kv):
-    """DPM-Solver++ 2M (epsilon model, VE form) with classifier-free guidance."""
-    sigmas = reference_sigmas(steps).float()
-    timesteps = reference_timesteps(steps)
-    x = noise * (sigmas[0] ** 2 + 1).sqrt()
-    previous = None
-    for i, t in enumerate(timesteps):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        scaled = x / (sigma**2 + 1).sqrt()
-        eps = model(torch.cat([scaled, scaled]), torch.full((2,), float(t)), context, mask, kv_compress=kv)[:, :4]
-        eps_uncond, eps_cond = eps.chunk(2)
-        denoised = x - sigma * (eps_uncond + cfg * (eps_cond - eps_uncond))
-        if sigma_next == 0:
-            x = denoised
-            break
-        h = torch.log(sigma / sigma_next)
-        if previous is None:
-            x = (sigma_next / sigma) * x - torch.expm1(-h) * denoised
-        else:
-            r = torch.log(sigmas[i - 1] / sigma) / h
-            corrected = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
-            x = (sigma_next / sigma) * x - torch.expm1(-h) * corrected
-        previous = denoised
-    return x
+import_pack()
+from pixart_sigma_nodes.pixart.kv_compress import KVCompress, parse_layers  # noqa: E402
 
 
 def main():
@@ -62,31 +39,28 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    model = PixArtDiT(sigma_width_config(args.depth)).eval()
-    for param in model.parameters():
-        torch.nn.init.normal_(param, std=0.02)
+    model = sigma_width_dit(args.depth)
+    generator = torch.Generator().manual_seed(1)
     side = int(args.tokens ** 0.5) * 2
-    noise = torch.randn(1, 4, side, side)
-    context = torch.randn(2, 300, 4096)
+    noise = torch.randn(1, 4, side, side, generator=generator)  # (1, 4, h, w)
+    context = torch.randn(2, 300, 4096, generator=generator)  # (B, L, C): uncond, cond
     mask = torch.zeros(2, 300)
     mask[0, :1] = 1  # empty negative: EOS only
     mask[1, :40] = 1
     kv = KVCompress(args.ratio, parse_layers(args.layers, args.depth), args.mode)
-    times = {"off": [], "kv": []}
+    scheduler = pixart_sigma_scheduler()
+
+    def run(setting):
+        return lambda: sample(model, noise, model.encode_caption(context, mask), scheduler, setting, args.steps)
+
     with torch.inference_mode():
-        sample(model, noise, context, mask, 1, 4.5, kv)  # warm-up
-        for _ in range(args.repeats):
-            for name, setting in (("off", None), ("kv", kv)):
-                start = time.perf_counter()
-                sample(model, noise, context, mask, args.steps, 4.5, setting)
-                times[name].append(time.perf_counter() - start)
-    off, comp = statistics.median(times["off"]), statistics.median(times["kv"])
+        timings = interleaved({"off": run(None), "kv": run(kv)}, args.repeats)
+    off, comp = timings.median("off"), timings.median("kv")
     print(f"machine: {platform.machine()} threads={args.threads} torch={torch.__version__}")
     print(f"shape: hidden 1152, 16 heads, {args.depth} blocks, {args.tokens} tokens, CFG batch 2, {args.steps} steps")
-    print(f"uncompressed median {off:7.2f} s  ({', '.join(f'{v:.2f}' for v in times['off'])})")
+    print(f"uncompressed median {off:7.2f} s  ({', '.join(f'{v:.2f}' for v in timings.samples['off'])})")
     print(f"KV {args.ratio}x{args.ratio} {args.mode} layers={args.layers} median {comp:7.2f} s  "
-          f"({', '.join(f'{v:.2f}' for v in times['kv'])})")
+          f"({', '.join(f'{v:.2f}' for v in timings.samples['kv'])})")
     print(f"ratio compressed / uncompressed = {comp / off:.3f}")
 
 

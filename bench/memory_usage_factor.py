@@ -21,16 +21,14 @@ def child(side: int, batch: int) -> None:
     sys.path.insert(0, ROOT)
     import torch
 
-    from bench.common import sigma_width_config
-    from pixart.dit import PixArtDiT
+    from bench.fixtures.models import sigma_width_dit
+    from bench.fixtures.pack import import_pack
 
+    import_pack()
     torch.set_num_threads(2)
-    config = sigma_width_config(2)
-    model = PixArtDiT(config).eval()
-    for param in model.parameters():
-        torch.nn.init.normal_(param, std=0.02)
-    x = torch.randn(batch, 4, side, side)
-    context = torch.randn(batch, 300, 4096)
+    model = sigma_width_dit(2)  # random weights drawn in place: no temporaries raise the baseline below
+    x = torch.randn(batch, 4, side, side)  # (B, 4, h, w)
+    context = torch.randn(batch, 300, 4096)  # (B, L, C)
     mask = torch.zeros(batch, 300)
     mask[:, :120] = 1
     t = torch.full((batch,), 500.0)

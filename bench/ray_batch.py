@@ -84,7 +84,7 @@ class TreeCpu:
 def timed_run(args: list[str], out: str, tmpdir: str | None, workers: int) -> dict:
     """One CLI run: wall seconds, seconds to the first finished prompt, steady prompts/minute (from the manifest's
     finished_at, stamped where each prompt's images were fetched), CPU seconds of its process tree."""
-    from host.ray_fixtures import client_command, client_env
+    from bench.fixtures.batch_runs import client_command, client_env
 
     started, clock = time.perf_counter(), time.time()
     process = subprocess.Popen(client_command(*args, "--out", out), cwd=ROOT, stdout=subprocess.PIPE,
@@ -116,20 +116,23 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--part", choices=("both", "scaling", "overhead"), default="both")
     args = parser.parse_args()
-    from bench.common import comfyui_or_exit
+    from bench.fixtures.pack import comfyui_or_exit
 
     comfyui = comfyui_or_exit()
     import ray
 
     from batch_client.comfy_process import ComfyProcess
-    from host.ray_fixtures import RayTemp, tiny_workflow, write_tiny_models
+    from bench.fixtures.batch_runs import RayTemp
+    from bench.fixtures.graphs import tiny_workflow
+    from bench.fixtures.models_folder import write_models_folder
 
     log.info("machine: %s, %d CPUs, Python %s, Ray %s, ComfyUI %s; %d prompts, %d steps, 128 px, tiny Σ models",
              platform.machine(), os.cpu_count(), platform.python_version(), ray.__version__, comfyui, args.prompts,
              args.steps)
     report = {}
     with tempfile.TemporaryDirectory() as work:
-        base = write_tiny_models(os.path.join(work, "base"))
+        base = os.path.join(work, "base")
+        write_models_folder(base)
         with open(os.path.join(work, "workflow.json"), "w") as fh:
             json.dump(tiny_workflow(steps=args.steps), fh)
         with open(os.path.join(work, "prompts.txt"), "w") as fh:

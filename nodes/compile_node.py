@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from comfy_api.torch_helpers import set_torch_compile_wrapper
 
 from . import host
-from .kv_nodes import pixart_dit
+from .dit_model import pixart_dit
 
 BACKENDS = ["inductor", "cudagraphs", "aot_eager"]
 MODES = ["default", "max-autotune-no-cudagraphs", "max-autotune"]

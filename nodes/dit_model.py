@@ -33,6 +33,14 @@ KV_MIN_SIGMA_OPTION = "pixart_kv_min_sigma"
 MEMORY_USAGE_FACTOR = 0.52  # measured 0.32-0.51 for 64-128 latent sides (2026-11-23, CPU, fp32)
 
 
+def pixart_dit(model, needed_for: str = "KV compression and the learned null caption need one") -> PixArtDiT:
+    """The PixArt DiT inside a MODEL, or an error naming what needs one."""
+    dit = model.get_model_object("diffusion_model")
+    if not isinstance(dit, PixArtDiT):
+        raise ValueError(f"This MODEL is not a PixArt DiT from the PixArt DiT Loader; {needed_for}.")
+    return dit
+
+
 class ComfyPixArtDiT(PixArtDiT):
     """PixArtDiT with ComfyUI's diffusion_model call signature and attention dispatch."""
 

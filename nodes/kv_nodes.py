@@ -12,9 +12,8 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..pixart.dit import PixArtDiT
 from ..pixart.kv_compress import MODES, KVCompress, parse_layers
-from .dit_model import KV_COMPRESS_OPTION, KV_MIN_SIGMA_OPTION
+from .dit_model import KV_COMPRESS_OPTION, KV_MIN_SIGMA_OPTION, pixart_dit
 from .scheduler import REFERENCE_SCHEDULER, register
 
 register()
@@ -40,13 +39,6 @@ def kv_inputs() -> list:
     ]
 
 
-def pixart_dit(model, needed_for: str = "KV compression and the learned null caption need one") -> PixArtDiT:
-    dit = model.get_model_object("diffusion_model")
-    if not isinstance(dit, PixArtDiT):
-        raise ValueError(f"This MODEL is not a PixArt DiT from the PixArt DiT Loader; {needed_for}.")
-    return dit
-
-
 def apply_kv(model, kv_compress: str, kv_layers: str, kv_mode: str, kv_steps: float):
     """Clone with the KV setting in transformer_options; 'off' returns the model unchanged."""
     if kv_compress not in KV_RATIOS:
@@ -68,11 +60,7 @@ def apply_kv(model, kv_compress: str, kv_layers: str, kv_mode: str, kv_steps: fl
 def null_caption_negative(model, positive):
     """Negative conditioning from the checkpoint's learned empty caption (the official PixArt CFG), carrying
     the positive's attention mask as the official samplers do."""
-    dit = pixart_dit(model)
-    if dit.y_embedder.y_embedding is None:
-        raise ValueError("This PixArt checkpoint carries no learned null caption (y_embedding), so 'negative' cannot "
-                         "be left empty: connect a negative prompt, e.g. PixArt Text Encode with empty text.")
-    null = dit.null_caption(1).detach().to("cpu", torch.float32)  # (1, L, C)
+    null = pixart_dit(model).null_caption(1).detach().to("cpu", torch.float32)  # (1, L, C)
     negative = []
     for _, extras in positive:
         entry = {k: v for k, v in extras.items() if k in ("width", "height", "aspect_ratio")}

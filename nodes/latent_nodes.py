@@ -7,30 +7,18 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io, ui
 
-from ..pixart.bins import ASPECT_RATIO_BINS, bins_for_resolution, nearest_bin, resize_and_crop
-from .kv_nodes import pixart_dit
+from ..pixart.bins import BINNING_CHOICES, MODEL_BINS, generation_size, resize_and_crop
+from .dit_model import pixart_dit
 
 log = logging.getLogger(__name__)
 
 TARGET_SIZE_KEY = "pixart_target_size"  # (height, width) the image is resized back to after decoding
-BINNING = ["model", "off"] + [str(size) for size in ASPECT_RATIO_BINS]
-MULTIPLE = 16  # VAE factor 8 x patch 2
 
 
 def binned_size(height: int, width: int, binning: str, model=None) -> tuple[int, int]:
-    """The (height, width) to generate at for a requested size."""
-    if binning not in BINNING:
-        raise ValueError(f"binning '{binning}' is unknown; choose one of: {', '.join(BINNING)}.")
-    if binning == "off":
-        return max(MULTIPLE, round(height / MULTIPLE) * MULTIPLE), max(MULTIPLE, round(width / MULTIPLE) * MULTIPLE)
-    if binning == "model":
-        if model is None:
-            raise ValueError("binning 'model' takes the bins from the model's trained size: connect the MODEL input, "
-                             "or choose a bin table (256/512/1024/2048) or 'off'.")
-        table = bins_for_resolution(pixart_dit(model).config.trained_resolution)
-    else:
-        table = ASPECT_RATIO_BINS[int(binning)]
-    return nearest_bin(height, width, table)
+    """The (height, width) to generate at; binning 'model' reads the connected model's trained size."""
+    trained = pixart_dit(model).config.trained_resolution if model is not None else None
+    return generation_size(height, width, binning, trained)
 
 
 class PixArtEmptyLatent(io.ComfyNode):
@@ -46,7 +34,7 @@ class PixArtEmptyLatent(io.ComfyNode):
                 io.Int.Input("width", default=1024, min=64, max=16384, step=16, tooltip="Requested image width (px)."),
                 io.Int.Input("height", default=1024, min=64, max=16384, step=16, tooltip="Requested image height (px)."),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
-                io.Combo.Input("binning", options=BINNING, default="model",
+                io.Combo.Input("binning", options=BINNING_CHOICES, default=MODEL_BINS,
                                tooltip="model: bins of the connected model's trained size (1024 bins for a 1024 model, "
                                        "2048 for 2K); a number: that table; off: the requested size rounded to 16 px."),
                 io.Model.Input("model", optional=True, tooltip="The PixArt MODEL, for binning 'model'."),

@@ -9,27 +9,21 @@ POST /pixart/resolution  {"width": int, "height": int, "binning": "off" | "256" 
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 
 from aiohttp import web
 
+from ..pixart.bins import BINNING_CHOICES, MODEL_BINS, generation_size
 from ..pixart.config import CAPTION_TOKENS
 from . import model_files
-from .latent_nodes import BINNING, binned_size
-from .t5_encoder import BUNDLED_TOKENIZER, CAPTION_TOKENS_OPTION, PixArtT5Tokenizer, find_tokenizer
+from .t5_encoder import BUNDLED_TOKENIZER, caption_tokenizer, find_tokenizer
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 20000
 CAPTION_LENGTHS = tuple(CAPTION_TOKENS.values())
-
-
-@functools.lru_cache(maxsize=8)
-def _tokenizer(tokenizer_path: str) -> PixArtT5Tokenizer:
-    return PixArtT5Tokenizer(tokenizer_path=tokenizer_path)
 
 
 def _bad(message: str, status: int = 400) -> web.Response:
@@ -71,10 +65,8 @@ async def token_count(request: web.Request) -> web.Response:
             tokenizer_path = find_tokenizer(model_files.resolve("text_encoders", "text_encoder", t5_name))
         except FileNotFoundError as err:
             return _bad(str(err), 404)
-    tokenizer = _tokenizer(tokenizer_path)
-    tokenizer.tokenize_with_weights(text, tokenizer_options={CAPTION_TOKENS_OPTION: limit})
-    count, dropped = tokenizer.last_count
-    return web.json_response({"count": count, "limit": limit, "dropped": dropped})
+    caption = caption_tokenizer(tokenizer_path, limit).caption(text)
+    return web.json_response({"count": caption.length, "limit": limit, "dropped": caption.dropped})
 
 
 async def resolution(request: web.Request) -> web.Response:
@@ -84,11 +76,11 @@ async def resolution(request: web.Request) -> web.Response:
     width, height, binning = body.get("width"), body.get("height"), body.get("binning", "model")
     if not all(isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= 16384 for v in (width, height)):
         return _bad("'width' and 'height' must be whole numbers from 16 to 16384")
-    if binning not in BINNING:
-        return _bad(f"'binning' must be one of {', '.join(BINNING)}")
-    gen_h, gen_w = binned_size(height, width, "1024" if binning == "model" else binning)
+    if binning not in BINNING_CHOICES:
+        return _bad(f"'binning' must be one of {', '.join(BINNING_CHOICES)}")
+    gen_h, gen_w = generation_size(height, width, "1024" if binning == MODEL_BINS else binning)
     return web.json_response({"width": gen_w, "height": gen_h, "resized": (gen_w, gen_h) != (width, height),
-                              "table": "1024 (model bins: 2048 for 2K models)" if binning == "model" else binning})
+                              "table": "1024 (model bins: 2048 for 2K models)" if binning == MODEL_BINS else binning})
 
 
 _registered = False

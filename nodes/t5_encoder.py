@@ -1,5 +1,5 @@
 """T5 text encoder as a ComfyUI CLIP: ComfyUI's own T5 (comfy.text_encoders.t5), configured from the weights,
-with a tokenizer that follows PixArt's caption rules (lower case, EOS, padded to 300 Σ / 120 α, mask).
+tokenizing with the engine's caption rules (pixart.caption: lower case, EOS, padded to 300 Σ / 120 α, mask).
 
 The attention mask travels in the conditioning as `attention_mask`; T5 itself masks padded keys, as
 transformers' T5EncoderModel does when diffusers' pipeline passes the mask.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 
 import comfy.model_management
 import comfy.sd
@@ -19,53 +18,32 @@ import torch
 from comfy import sd1_clip
 from transformers import T5TokenizerFast
 
+from ..pixart.caption import EOS_ID, PAD_ID, CaptionTokenizer
 from ..pixart.checkpoint.errors import CheckpointError
 from ..pixart.checkpoint.files import read_checkpoint
 from ..pixart.checkpoint.quantization import is_quantization_key, quantization_layout
 from ..pixart.t5 import t5_config_from_weights, to_t5_state_dict
-from ..pixart.text import fit_caption, preprocess_caption, warn_truncated
 from . import host
 
 log = logging.getLogger(__name__)
 
-EOS_ID, PAD_ID = 1, 0
-CAPTION_TOKENS_OPTION = "pixart_caption_tokens"  # tokenizer_data / tokenizer_options key overriding the budget
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(os.path.realpath(comfy.text_encoders.t5.__file__)), "t5_tokenizer")
-_EMBEDDING_WORD = re.compile(r"(embedding:\S+)")
 
 
-def _lower_keeping_embeddings(text: str) -> str:
-    """PixArt's caption preprocessing (lower case, trimmed), leaving `embedding:Name` references as written."""
-    parts = _EMBEDDING_WORD.split(preprocess_caption(text) if "embedding:" not in text else text.strip())
-    return "".join(p if p.startswith("embedding:") else p.lower() for p in parts)
+@functools.lru_cache(maxsize=8)
+def _hf_tokenizer(tokenizer_path: str) -> T5TokenizerFast:
+    return T5TokenizerFast.from_pretrained(tokenizer_path)
 
 
-class PixArtT5Tokenizer(sd1_clip.SDTokenizer):
-    """ComfyUI tokenizer (prompt weights, embeddings) + PixArt's budget: truncate with a warning, EOS, pad."""
-
-    def __init__(self, embedding_directory=None, tokenizer_data=None, tokenizer_path=BUNDLED_TOKENIZER,
-                 caption_tokens=300, embedding_size=4096):
-        tokenizer_data = tokenizer_data or {}
-        super().__init__(tokenizer_path, max_length=99999999, pad_with_end=False, embedding_directory=embedding_directory,
-                         embedding_size=embedding_size, embedding_key="t5xxl", tokenizer_class=T5TokenizerFast,
-                         has_start_token=False, pad_to_max_length=False, min_length=1, tokenizer_data=tokenizer_data)
-        self.caption_tokens = int(tokenizer_data.get(CAPTION_TOKENS_OPTION, caption_tokens))
-        self.last_count = (0, 0)  # (real tokens incl. EOS, dropped) of the last prompt, for the UI
-
-    def tokenize_with_weights(self, text: str, return_word_ids=False, tokenizer_options=None, **kwargs):
-        options = tokenizer_options or {}
-        budget = int(options.get(CAPTION_TOKENS_OPTION, self.caption_tokens))
-        batches = super().tokenize_with_weights(_lower_keeping_embeddings(text), return_word_ids=True, **kwargs)
-        items = [item for batch in batches for item in batch]
-        if items and items[-1][0] == EOS_ID:
-            items = items[:-1]
-        tokens, length, dropped = fit_caption(items, (EOS_ID, 1.0, 0), (PAD_ID, 1.0, 0), budget)
-        self.last_count = (length, dropped)
-        if dropped:
-            warn_truncated(text, dropped, budget)
-        if not return_word_ids:
-            tokens = [(t, w) for t, w, _ in tokens]
-        return [tokens]
+def caption_tokenizer(tokenizer_path: str = BUNDLED_TOKENIZER, caption_tokens: int = 300, embedding_directory=None,
+                      embedding_size: int = 4096) -> CaptionTokenizer:
+    """The engine's caption tokenizer over the T5 vocabulary in `tokenizer_path`, with textual-inversion embeddings
+    from ComfyUI's embeddings folders (read by ComfyUI's own loader) when there are any."""
+    embedding = None
+    if embedding_directory is not None:
+        def embedding(name):
+            return sd1_clip.load_embed(name, embedding_directory, embedding_size, "t5xxl")
+    return CaptionTokenizer.from_hf_tokenizer(_hf_tokenizer(tokenizer_path), caption_tokens, embedding)
 
 
 def find_tokenizer(path: str) -> str:
@@ -101,8 +79,9 @@ def t5_clip_target(t5_config: dict, tokenizer_path: str, caption_tokens: int, so
 
     class PixArtT5TokenizerSet(sd1_clip.SD1Tokenizer):
         def __init__(self, embedding_directory=None, tokenizer_data=None):
-            tokenizer = functools.partial(PixArtT5Tokenizer, tokenizer_path=tokenizer_path, caption_tokens=caption_tokens,
-                                          embedding_size=t5_config["d_model"])
+            def tokenizer(embedding_directory=None, tokenizer_data=None):
+                return caption_tokenizer(tokenizer_path, caption_tokens, embedding_directory, t5_config["d_model"])
+
             super().__init__(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data or {}, name="t5xxl",
                              tokenizer=tokenizer)
 

@@ -3,15 +3,31 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from .t5_encoder import EOS_ID
+from ..pixart.caption import EOS_ID, CaptionTokenizer
 
 
 def _count(tokens: dict) -> int:
-    """Real tokens (through the first EOS) of the first prompt chunk."""
+    """Real tokens (through the first EOS) of the first prompt chunk of any CLIP's tokens."""
     for batch in tokens.values():
         ids = [t[0] for t in batch[0]] if batch else []
         return ids.index(EOS_ID) + 1 if EOS_ID in ids else len(ids)
     return 0
+
+
+def encode(clip, text: str):
+    """(conditioning, summary): through the PixArt caption tokenizer when the CLIP has one (the count and the tokens
+    cut off come from the same tokenization), else through the CLIP's own tokenizer."""
+    tokenizer = getattr(clip.tokenizer, "t5xxl", None)
+    if isinstance(tokenizer, CaptionTokenizer):
+        caption = tokenizer.caption(text, clip.tokenizer_options)
+        tokens = {"t5xxl": [[(token, weight) for token, weight, _ in caption.tokens]]}
+        summary = f"{caption.length}/{len(caption.tokens)} tokens"
+        if caption.dropped:
+            summary += f" (truncated: {caption.dropped} tokens cut off)"
+    else:
+        tokens = clip.tokenize(text)
+        summary = f"{_count(tokens)} tokens"
+    return clip.encode_from_tokens_scheduled(tokens), summary
 
 
 class PixArtTextEncode(io.ComfyNode):
@@ -33,13 +49,5 @@ class PixArtTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text):
-        tokens = clip.tokenize(text)
-        conditioning = clip.encode_from_tokens_scheduled(tokens)
-        tokenizer = getattr(clip.tokenizer, "t5xxl", None)
-        budget = getattr(tokenizer, "caption_tokens", None)
-        dropped = getattr(tokenizer, "last_count", (0, 0))[1]
-        count = _count(tokens)
-        summary = f"{count}/{budget} tokens" if budget else f"{count} tokens"
-        if dropped:
-            summary += f" (truncated: {dropped} tokens cut off)"
+        conditioning, summary = encode(clip, text)
         return io.NodeOutput(conditioning, ui=ui.PreviewText(summary))

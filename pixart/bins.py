@@ -45,6 +45,28 @@ ASPECT_RATIO_BINS: dict[int, dict[str, tuple[int, int]]] = {
 }
 
 
+MODEL_BINS, NO_BINS = "model", "off"
+BINNING_CHOICES = [MODEL_BINS, NO_BINS] + [str(size) for size in ASPECT_RATIO_BINS]  # a table, the model's, or none
+SIZE_MULTIPLE = 16  # latent sides are whole patches: VAE factor 8 x patch 2
+
+
+def generation_size(height: int, width: int, binning: str, trained_resolution: int | None = None) -> tuple[int, int]:
+    """The (height, width) to generate at for a requested size: the nearest trained bin of the chosen table (the
+    model's own for MODEL_BINS), or with NO_BINS the request rounded to SIZE_MULTIPLE."""
+    if binning not in BINNING_CHOICES:
+        raise ValueError(f"binning '{binning}' is unknown; choose one of: {', '.join(BINNING_CHOICES)}.")
+    if binning == NO_BINS:
+        return tuple(max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in (height, width))
+    if binning == MODEL_BINS:
+        if trained_resolution is None:
+            raise ValueError("binning 'model' takes the bins from the model's trained size: connect the MODEL input, "
+                             "or choose a bin table (256/512/1024/2048) or 'off'.")
+        table = bins_for_resolution(trained_resolution)
+    else:
+        table = ASPECT_RATIO_BINS[int(binning)]
+    return nearest_bin(height, width, table)
+
+
 def bins_for_resolution(resolution: int) -> dict[str, tuple[int, int]]:
     """The bin table for a model trained at `resolution` px (the nearest published table)."""
     nearest = min(ASPECT_RATIO_BINS, key=lambda size: abs(size - resolution))
@@ -68,3 +90,4 @@ def resize_and_crop(images: torch.Tensor, height: int, width: int) -> torch.Tens
     images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return images[..., top:top + height, left:left + width]
+

@@ -64,13 +64,14 @@ class CrossAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU(tanh) -> fc2."""
+    """fc1 -> GELU(tanh) -> fc2: the blocks' feed-forward (dim -> hidden -> dim) and the caption projection
+    (T5 width -> hidden -> hidden)."""
 
-    def __init__(self, dim: int, hidden: int, operations, dtype=None, device=None):
+    def __init__(self, dim: int, hidden: int, operations, dtype=None, device=None, out_features: int | None = None):
         super().__init__()
         self.fc1 = operations.Linear(dim, hidden, dtype=dtype, device=device)
         self.act = nn.GELU(approximate="tanh")
-        self.fc2 = operations.Linear(hidden, dim, dtype=dtype, device=device)
+        self.fc2 = operations.Linear(hidden, out_features or dim, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))

@@ -156,8 +156,8 @@ class PixArtDiT(nn.Module):
     def null_caption(self, batch: int) -> torch.Tensor:
         """The checkpoint's learned empty-caption embedding. -> (B, caption_tokens, caption_channels)."""
         if self.y_embedder.y_embedding is None:
-            raise ValueError("This checkpoint carries no learned null caption (y_embedder.y_embedding); "
-                             "connect a negative prompt instead.")
+            raise ValueError("This PixArt checkpoint carries no learned null caption (y_embedding), so the negative "
+                             "prompt cannot be left empty: connect one, e.g. PixArt Text Encode with empty text.")
         return self.y_embedder.y_embedding[None].expand(batch, -1, -1)
 
 

@@ -10,6 +10,8 @@ import math
 import torch
 from torch import nn
 
+from .blocks import Mlp
+
 FREQUENCY_CHANNELS = 256  # sinusoid width fed to the timestep and size MLPs
 
 
@@ -54,7 +56,7 @@ class CaptionProjection(nn.Module):
     def __init__(self, caption_channels: int, hidden_size: int, tokens: int, with_null_caption: bool,
                  operations, dtype=None, device=None):
         super().__init__()
-        self.y_proj = _CaptionMlp(caption_channels, hidden_size, operations, dtype, device)
+        self.y_proj = Mlp(caption_channels, hidden_size, operations, dtype, device, out_features=hidden_size)
         if with_null_caption:
             self.y_embedding = nn.Parameter(torch.empty(tokens, caption_channels, dtype=dtype, device=device))
         else:
@@ -63,17 +65,6 @@ class CaptionProjection(nn.Module):
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         # (B, L, caption_channels) -> (B, L, D)
         return self.y_proj(context)
-
-
-class _CaptionMlp(nn.Module):
-    def __init__(self, in_features: int, hidden_size: int, operations, dtype, device):
-        super().__init__()
-        self.fc1 = operations.Linear(in_features, hidden_size, dtype=dtype, device=device)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = operations.Linear(hidden_size, hidden_size, dtype=dtype, device=device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class PatchEmbed(nn.Module):

@@ -1,3 +1,4 @@
+import importlib.abc
 import os
 import sys
 
@@ -5,10 +6,26 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # bench.fixtures and batch_client; the engine is imported only as pixart_sigma_nodes.pixart
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tiny_models import save_all_layouts, tiny_transformer  # noqa: E402
+from bench.fixtures.models import save_all_layouts, tiny_transformer  # noqa: E402
+from bench.fixtures.pack import import_pack  # noqa: E402
+
+import_pack()
+
+
+class OneEngineName(importlib.abc.MetaPathFinder):
+    """Refuses the engine's top-level name: one process holds one copy of the engine (one PixArtDiT class), imported
+    as pixart_sigma_nodes.pixart, the way ComfyUI imports it as a subpackage of the pack."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pixart" or name.startswith("pixart."):
+            raise ImportError(f"'{name}': import the engine as pixart_sigma_nodes.{name} (one name per process)")
+        return None
+
+
+sys.meta_path.insert(0, OneEngineName())
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

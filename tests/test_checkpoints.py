@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pixart import CheckpointError, load_dit, read_dit_weights
-from pixart.config import ALPHA, SIGMA
+from pixart_sigma_nodes.pixart import CheckpointError, load_dit, read_dit_weights
+from pixart_sigma_nodes.pixart.config import ALPHA, SIGMA
 
 EXACT_LAYOUTS = ["original_pth", "original_safetensors", "diffusers_single", "diffusers_repo",
                  "diffusers_transformer_folder"]
@@ -61,7 +61,7 @@ def test_detected_configs(sigma_ckpt, alpha_ckpt):
 @pytest.mark.parametrize("side,family,pe", [(32, "sigma", 0.5), (64, "sigma", 1.0), (256, "sigma", 4.0),
                                             (32, "alpha", 1.0), (64, "alpha", 1.0)])
 def test_trained_size_from_pos_embed(tmp_path, side, family, pe):
-    from tiny_models import original_layout, tiny_transformer
+    from bench.fixtures.models import original_layout, tiny_transformer
 
     model, null = tiny_transformer(family, False, depth=1, sample_size=side)
     path = str(tmp_path / "checkpoint.pth")
@@ -180,7 +180,7 @@ def test_config_json_is_honoured(tmp_path, sigma_ckpt):
 def test_quantized_files_are_recognised_and_kept_whole(tmp_path, sigma_ckpt):
     """ComfyUI's quantized layouts: detected from keys or header, config read past the extra tensors, which stay with
     their layers for the host's ops; a quantized diffusers-layout file (q/k/v scaled apart) is refused."""
-    from pixart.checkpoint.quantization import LEGACY_SCALED_FP8, MIXED_PRECISION
+    from pixart_sigma_nodes.pixart.checkpoint.quantization import LEGACY_SCALED_FP8, MIXED_PRECISION
 
     plain = read_dit_weights(sigma_ckpt.paths["original_safetensors"])
     assert plain.quantization is None
@@ -205,3 +205,4 @@ def test_quantized_files_are_recognised_and_kept_whole(tmp_path, sigma_ckpt):
     save_file(diffusers, str(tmp_path / "diffusers-scaled.safetensors"))
     with pytest.raises(CheckpointError, match="diffusers-scaled.safetensors is a quantized diffusers-layout file"):
         read_dit_weights(str(tmp_path / "diffusers-scaled.safetensors"))
+

@@ -3,7 +3,7 @@ import pytest
 import torch
 from test_dit_parity import _inputs, _reference
 
-from pixart import load_dit
+from pixart_sigma_nodes.pixart import load_dit
 
 
 @pytest.fixture

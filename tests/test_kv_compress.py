@@ -4,9 +4,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pixart import KVCompress, KVCompressError, load_dit, parse_layers
-from pixart.attention import sdpa_attention
-from pixart.kv_compress import compress_tokens, default_layers
+from pixart_sigma_nodes.pixart import KVCompress, KVCompressError, load_dit, parse_layers
+from pixart_sigma_nodes.pixart.attention import sdpa_attention
+from pixart_sigma_nodes.pixart.kv_compress import compress_tokens, default_layers
 
 
 def _inputs(height, width, tokens=300, seed=0):
@@ -106,7 +106,7 @@ def test_conv_with_averaging_weights_matches_avg_before_the_norm(ratio):
 
 
 def _with_trained_kv(sigma_ckpt, tmp_path, ratio=2, layers=(1,)):
-    from tiny_models import original_layout
+    from bench.fixtures.models import original_layout
 
     sd = original_layout(sigma_ckpt.model, sigma_ckpt.null_caption)
     dim = sd["x_embedder.proj.weight"].shape[0]

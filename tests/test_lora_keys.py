@@ -2,10 +2,10 @@
 on the right rows of the fused projections, in every supported layout."""
 import pytest
 import torch
-from lora_fixtures import ALL_TARGETS, onetrainer_layout, peft_lora
 
-from pixart import load_dit
-from pixart.lora_keys import lora_key_map
+from lora_fixtures import ALL_TARGETS, onetrainer_layout, peft_lora
+from pixart_sigma_nodes.pixart import load_dit
+from pixart_sigma_nodes.pixart.lora_keys import lora_key_map
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_fused_slices_reproduce_the_separate_projections(sigma_ckpt, mapping):
     for module in _modules(state):
         delta = state[f"{module}.lora_B.weight"].flatten(1) @ state[f"{module}.lora_A.weight"].flatten(1)
         reference[f"{module}.weight"] = reference[f"{module}.weight"] + delta.reshape(reference[f"{module}.weight"].shape)
-    from pixart.checkpoint.layouts import diffusers_to_internal
+    from pixart_sigma_nodes.pixart.checkpoint.layouts import diffusers_to_internal
 
     converted = diffusers_to_internal({k: v for k, v in reference.items()}, "reference")
     for key, tensor in converted.items():

@@ -7,8 +7,9 @@ import time
 
 from PIL import Image
 
-from host.comfy_host import ROOT, require_comfyui
-from host.comfy_server import ComfyServer
+from bench.fixtures.comfy_server import ComfyServer
+from bench.fixtures.pack import ROOT
+from host.comfy_host import require_comfyui
 
 COMFYUI = require_comfyui()
 

@@ -11,9 +11,13 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from host.comfy_host import ROOT, require_comfyui
-from host.comfy_server import ComfyServer
-from host.ray_fixtures import RayHead, RayTemp, require_ray, run_client, tiny_workflow, write_tiny_models
+from bench.fixtures.batch_runs import RayHead, RayTemp, run_client
+from bench.fixtures.comfy_server import ComfyServer
+from bench.fixtures.graphs import tiny_workflow
+from bench.fixtures.models_folder import write_models_folder
+from bench.fixtures.pack import ROOT
+from host.comfy_host import require_comfyui
+from host.ray_fixtures import require_ray
 
 COMFYUI = require_comfyui()
 require_ray()
@@ -25,7 +29,9 @@ WORKER_LINE = re.compile(r"^(http://127\.0\.0\.1:(\d+)) on \S+: job (\d+) (done|
 
 @pytest.fixture(scope="module")
 def comfy_base(tmp_path_factory):
-    return write_tiny_models(str(tmp_path_factory.mktemp("ray_comfy_base")))
+    base = str(tmp_path_factory.mktemp("ray_comfy_base"))
+    write_models_folder(base)
+    return base
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from host.comfy_host import ROOT, require_comfyui
+from bench.fixtures.pack import ROOT
+from host.comfy_host import require_comfyui
 
 require_comfyui()
 playwright = pytest.importorskip("playwright.sync_api", reason="host tier browser test needs the playwright package")

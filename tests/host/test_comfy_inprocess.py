@@ -1,10 +1,14 @@
 """Host tier, in-process: our loaders inside a real ComfyUI (comfy ops, comfy attention, ModelPatcher)."""
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from host.comfy_host import import_comfy, require_comfyui, sample_tiny, t5_state_dict, tiny_t5
+from bench.fixtures.models import t5_state_dict, tiny_t5
+from bench.fixtures.pack import import_comfy
+from host.comfy_host import require_comfyui, sample_tiny
 
 COMFYUI = require_comfyui()
 pack = import_comfy(COMFYUI)
@@ -53,11 +57,24 @@ def test_t5_clip_equals_transformers(t5_files, tiny_tokenizer, layout):
     assert (out["cond"][0, real] - ref[0, real]).abs().max() < 1e-5
 
 
-def test_t5_fp16_storage_stays_finite(t5_files):
-    _, _, _, fp16 = t5_files
+def test_t5_fp16_storage_equals_transformers_on_the_rounded_weights(t5_files):
+    """fp16 storage, float32 activations: transformers' T5 in fp32 holding the same fp16-rounded weights."""
+    model, _, _, fp16 = t5_files
     clip = t5_encoder.load_t5_clip(fp16)
-    out = clip.encode_from_tokens(clip.tokenize("a red dog"), return_dict=True)
-    assert torch.isfinite(out["cond"]).all()
+    assert clip.cond_stage_model.t5xxl.transformer.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float16
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in rounded.parameters():
+            param.copy_(param.half().float())
+    from transformers import T5TokenizerFast
+
+    text = "a red dog on the moon"
+    out = clip.encode_from_tokens(clip.tokenize(text), return_dict=True)
+    ref, mask = _reference_t5(rounded, T5TokenizerFast.from_pretrained(t5_encoder.BUNDLED_TOKENIZER), text, 300)
+    real = mask[0].bool()
+    error = (out["cond"][0, real] - ref[0, real]).abs().max().item()
+    print(f"\nfp16-stored T5 vs transformers fp32 on the rounded weights: max abs {error:.1e}")
+    assert error <= 1e-5
 
 
 def test_t5_caption_length_and_truncation(t5_files, caplog):
@@ -104,14 +121,41 @@ def test_model_config_and_latent_format(sigma_ckpt, alpha_ckpt):
     assert torch.allclose(sampling.sigmas.double(), train_sigmas(), rtol=1e-5)
 
 
-def test_fp8_weights_load_through_comfy_casting(sigma_ckpt):
+def _rounded(model, dtype):
+    """A copy of a diffusers model whose weights are rounded through `dtype` and held in fp32."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in rounded.parameters():
+            param.copy_(param.to(dtype).float())
+    return rounded
+
+
+def _dit_inputs(tokens=300, lengths=(5, 77)):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 12, 20, generator=generator)
+    context = torch.randn(2, tokens, 32, generator=generator)
+    mask = torch.zeros(2, tokens)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    return x, torch.tensor([999.0, 250.0]), context, mask
+
+
+def test_fp8_weights_compute_what_the_rounded_weights_do(sigma_ckpt):
+    """fp8 storage cast per layer by ComfyUI's ops: diffusers' transformer holding the same fp8-rounded weights."""
+    import comfy.model_management
+
     patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp8_e4m3fn")
+    comfy.model_management.load_models_gpu([patcher])
     dit = patcher.model.diffusion_model
     assert dit.blocks[0].attn.qkv.weight.dtype == torch.float8_e4m3fn
-    x = torch.randn(1, 4, 8, 8)
+    x, t, context, mask = _dit_inputs()
     with torch.no_grad():
-        out = patcher.model.apply_model(x, torch.tensor([5.0]), c_crossattn=torch.randn(1, 300, 32))
-    assert torch.isfinite(out).all()
+        ours = dit(x, t, context, attention_mask=mask, transformer_options={}).float()
+        ref = _rounded(sigma_ckpt.model, torch.float8_e4m3fn)(
+            x, encoder_hidden_states=context, timestep=t, encoder_attention_mask=mask, return_dict=False)[0][:, :4]
+    error = ((ours - ref).abs().max() / ref.abs().max()).item()
+    print(f"\nfp8 DiT vs diffusers on the fp8-rounded weights: max abs / max {error:.1e}")
+    assert error <= 1e-5
 
 
 def test_node_schemas():
@@ -148,8 +192,18 @@ def test_lowvram_partial_load_gives_the_same_result(sigma_ckpt):
 
 
 def test_native_style_conditioning_without_mask(sigma_ckpt):
-    """ComfyUI's own PixArt CLIP gives unpadded T5 tokens with no mask, cond and uncond of different lengths."""
+    """ComfyUI's own PixArt CLIP gives unpadded T5 tokens with no mask, cond and uncond of different lengths: each
+    sampled step equals diffusers' transformer given those tokens unmasked, and sampling runs."""
+    import comfy.model_management
+
     patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    comfy.model_management.load_models_gpu([patcher])
+    x, t, _, _ = _dit_inputs()
+    context = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours = patcher.model.diffusion_model(x, t, context, transformer_options={})
+        ref = sigma_ckpt.model(x, encoder_hidden_states=context, timestep=t, return_dict=False)[0][:, :4]
+    assert (ours - ref).abs().max() <= 1e-5
     positive = [[torch.randn(1, 9, 32), {}]]
     negative = [[torch.randn(1, 1, 32), {}]]
     out = sample_tiny(patcher, positive, negative)
@@ -181,7 +235,7 @@ def test_tiled_decode_matches_untiled_without_seams():
     """
     import comfy.sd
 
-    from host.comfy_host import tiny_vae
+    from bench.fixtures.models import tiny_vae
 
     vae = comfy.sd.VAE(sd={k: v.contiguous() for k, v in tiny_vae().state_dict().items()})
     latent = torch.randn(1, 4, 48, 48, generator=torch.Generator().manual_seed(0))
@@ -192,3 +246,36 @@ def test_tiled_decode_matches_untiled_without_seams():
     assert error.max() <= 6 / 255 and error.mean() <= 2e-3
     per_column = error.mean(dim=(0, 1, 3))  # (384,)
     assert per_column.max() <= 4 * per_column.median() + 2 / 255
+
+
+WEIGHTED_PROMPTS = ["a photo of a cat riding the moon", "a (red:1.5) dog ((on)) the moon", r"a \(literal\) (bracket:0.5)",
+                    "(nested (words:1.3) here) and (x:y)", "time (12:30) ) (after", "embedding:style, a dog"]
+
+
+@pytest.mark.parametrize("text", WEIGHTED_PROMPTS)
+def test_prompt_syntax_reads_as_comfyui_reads_it(text):
+    """The engine's caption rules (what the nodes and the token route run) against ComfyUI's own parser and its own T5
+    tokenizer class on the same vocabulary: same segments and weights, same (token, weight) sequence."""
+    import comfy.sd1_clip as sd1
+    import comfy.text_encoders.sd3_clip as sd3
+
+    from pixart_sigma_nodes.pixart.caption import parse_weights
+
+    expected = [(sd1.unescape_important(segment), weight)
+                for segment, weight in sd1.token_weights(sd1.escape_important(text), 1.0)]
+    assert parse_weights(text) == [(segment, pytest.approx(weight)) for segment, weight in expected]
+    comfy_tokens = sd3.T5XXLTokenizer(min_length=1).tokenize_with_weights(text.lower())[0]
+    comfy_tokens = [(token, weight) for token, weight in comfy_tokens[: [t for t, _ in comfy_tokens].index(1)]]
+    ours = t5_encoder.caption_tokenizer().caption(text)
+    assert [(token, pytest.approx(weight)) for token, weight, _ in ours.tokens[: ours.length - 1]] == comfy_tokens
+
+
+def test_clip_tokenizes_with_the_engines_caption_tokenizer(t5_files):
+    from pixart_sigma_nodes.pixart.caption import CaptionTokenizer
+
+    _, single, _, _ = t5_files
+    clip = t5_encoder.load_t5_clip(single, caption_tokens=120)
+    tokenizer = clip.tokenizer.t5xxl
+    assert isinstance(tokenizer, CaptionTokenizer) and tokenizer.caption_tokens == 120
+    for text in WEIGHTED_PROMPTS:
+        assert clip.tokenize(text)["t5xxl"] == tokenizer.tokenize_with_weights(text)

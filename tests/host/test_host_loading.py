@@ -8,7 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from host.comfy_host import import_comfy, require_comfyui, sample_tiny, t5_state_dict, tiny_t5
+from bench.fixtures.models import original_layout, t5_state_dict, tiny_t5
+from bench.fixtures.pack import import_comfy
+from host.comfy_host import require_comfyui, sample_tiny
 from host.quantized_files import (
     DIT_ALL_LINEARS,
     DIT_BLOCK_LINEARS,
@@ -18,7 +20,6 @@ from host.quantized_files import (
     mixed_precision,
     save,
 )
-from tiny_models import original_layout
 
 COMFYUI = require_comfyui()
 import_comfy(COMFYUI)
@@ -26,6 +27,7 @@ import_comfy(COMFYUI)
 import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.utils  # noqa: E402
+
 from pixart_sigma_nodes.nodes import dit_model, host, t5_encoder  # noqa: E402
 from pixart_sigma_nodes.pixart.checkpoint import CheckpointError  # noqa: E402
 
@@ -141,18 +143,26 @@ def test_scaled_fp8_t5_equals_its_dequantized_twin(t5_fp32, tmp_path):
     assert relative <= 0.01
 
 
+def _mixed_precision_pair(load, state, layers, fmt, in_header, folder):
+    """(the mixed-precision file loaded, its dequantized fp32 twin loaded); on a host that cannot read the format,
+    checks that loading it is refused by name and returns None."""
+    stored, header, twin = mixed_precision(state, layers, fmt, in_header)
+    path = save(stored, str(folder / f"{fmt}.safetensors"), header)
+    if not HAS_MIXED_PRECISION:
+        with pytest.raises(CheckpointError, match="mixed-precision quantization"):
+            load(path)
+        return None
+    return load(path), load(save(twin, str(folder / "twin.safetensors")), "fp32")
+
+
 @pytest.mark.parametrize("fmt,in_header", [("float8_e4m3fn", True), ("float8_e5m2", False)])
 def test_comfy_quant_t5_equals_its_dequantized_twin(t5_fp32, tmp_path, fmt, in_header):
     state, _ = t5_fp32
-    stored, header, twin = mixed_precision(state, linear_layers(state, T5_LINEARS), fmt, in_header)
-    path = save(stored, str(tmp_path / f"t5-{fmt}.safetensors"), header)
-    if not HAS_MIXED_PRECISION:
-        with pytest.raises(CheckpointError, match="mixed-precision quantization"):
-            t5_encoder.load_t5_clip(path)
+    pair = _mixed_precision_pair(lambda path, dtype="default": t5_encoder.load_t5_clip(path, dtype=dtype), state,
+                                 linear_layers(state, T5_LINEARS), fmt, in_header, tmp_path)
+    if pair is None:
         return
-    quantized = t5_encoder.load_t5_clip(path)
-    reference = t5_encoder.load_t5_clip(save(twin, str(tmp_path / "t5-twin.safetensors")), dtype="fp32")
-    relative = _relative(_t5_cond(quantized), _t5_cond(reference))
+    relative = _relative(*(_t5_cond(clip) for clip in pair))
     print(f"\n{fmt} comfy_quant T5 vs its dequantized fp32 twin: relative L2 {relative:.2e}")
     assert relative <= 0.01
 
@@ -168,17 +178,13 @@ def test_scaled_fp8_dit_equals_its_dequantized_twin(dit_fp32, tmp_path):
 
 @pytest.mark.parametrize("fmt,in_header", [("float8_e4m3fn", True), ("float8_e5m2", False)])
 def test_comfy_quant_dit_equals_its_dequantized_twin(dit_fp32, tmp_path, fmt, in_header):
-    stored, header, twin = mixed_precision(dit_fp32, linear_layers(dit_fp32, DIT_BLOCK_LINEARS), fmt, in_header)
-    path = save(stored, str(tmp_path / f"dit-{fmt}.safetensors"), header)
-    if not HAS_MIXED_PRECISION:
-        with pytest.raises(CheckpointError, match="mixed-precision quantization"):
-            dit_model.load_dit_patcher(path)
+    pair = _mixed_precision_pair(dit_model.load_dit_patcher, dit_fp32, linear_layers(dit_fp32, DIT_BLOCK_LINEARS), fmt,
+                                 in_header, tmp_path)
+    if pair is None:
         return
-    quantized = dit_model.load_dit_patcher(path)
-    reference = dit_model.load_dit_patcher(save(twin, str(tmp_path / "dit-twin.safetensors")), "fp32")
-    relative = _relative(_dit_forward(quantized), _dit_forward(reference))
+    relative = _relative(*(_dit_forward(patcher) for patcher in pair))
     positive, negative = _conds()
-    sampled = sample_tiny(quantized, positive, negative)
+    sampled = sample_tiny(pair[0], positive, negative)
     print(f"\n{fmt} comfy_quant DiT vs its dequantized fp32 twin: relative L2 {relative:.2e}")
     assert relative <= 0.01 and torch.isfinite(sampled).all()
 

@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from bench.fixtures.comfy_server import error_message
+from bench.fixtures.models_folder import REPO
+from bench.fixtures.schedulers import pixart_sigma_scheduler
 from host.comfy_host import require_comfyui
-from host.comfy_server import error_message
-from host.conftest import REPO
 
 require_comfyui()
 PROMPT = "A photo of a CAT riding the moon"
@@ -18,12 +19,9 @@ SDXL_SCALE = 0.13025
 
 
 def _pipeline(server, transformer):
-    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
+    from diffusers import PixArtSigmaPipeline
 
-    scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-                                            num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2,
-                                            solver_type="midpoint", lower_order_final=True, prediction_type="epsilon",
-                                            timestep_spacing="linspace")
+    scheduler = pixart_sigma_scheduler()
     ref = server.reference
     return PixArtSigmaPipeline(tokenizer=ref["tokenizer"], text_encoder=ref["t5"], vae=ref["vae"],
                                transformer=transformer, scheduler=scheduler)
@@ -176,7 +174,7 @@ def test_api_examples_run_on_tiny_models(server, name):
     """Each API-format example, with the published file names swapped for the tiny models, 128 px unbinned, 2 steps."""
     import json
 
-    from host.comfy_host import ROOT
+    from bench.fixtures.pack import ROOT
 
     with open(os.path.join(ROOT, "example_workflows", "api", name), encoding="utf-8") as fh:
         graph = json.load(fh)

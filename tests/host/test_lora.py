@@ -5,16 +5,18 @@ import logging
 
 import pytest
 import torch
-from lora_fixtures import ATTN_FF_TARGETS, merged, onetrainer_layout, peft_lora
 from safetensors.torch import save_file
 
-from host.comfy_host import import_comfy, require_comfyui
+from bench.fixtures.pack import import_comfy
+from host.comfy_host import require_comfyui
+from lora_fixtures import ATTN_FF_TARGETS, merged, onetrainer_layout, peft_lora
 
 COMFYUI = require_comfyui()
 import_comfy(COMFYUI)
 
 import comfy.model_management  # noqa: E402
 import folder_paths  # noqa: E402
+
 from pixart_sigma_nodes.nodes import dit_model, lora  # noqa: E402
 
 comfy_nodes = importlib.import_module("nodes")  # ComfyUI's core nodes module

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.fixtures.comfy_server import error_message
+from bench.fixtures.graphs import text_to_image
+from bench.fixtures.models_folder import REPO
 from host.comfy_host import require_comfyui
-from host.comfy_server import error_message
-from host.conftest import REPO
-from host.graphs import text_to_image
 
 require_comfyui()
 GOOD_DIT, GOOD_T5 = "sigma-tiny.safetensors", "t5-tiny.safetensors"

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
+from bench.fixtures.comfy_server import error_message
+from bench.fixtures.graphs import text_to_image
+from bench.fixtures.models_folder import REPO
 from host.comfy_host import require_comfyui
-from host.comfy_server import error_message
-from host.conftest import REPO
-from host.graphs import text_to_image
 
 require_comfyui()
 

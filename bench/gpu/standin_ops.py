@@ -1,6 +1,7 @@
-"""Layer classes for `PixArtDiT(operations=gpu_ops)` that store weights in a narrow dtype (float8_e4m3fn) and cast
-them to the activations' dtype inside every forward: the manual-cast pattern ComfyUI's `comfy.ops` uses for fp8
-checkpoints, reduced to what the GPU benchmark needs.
+"""A stand-in for ComfyUI's casting ops, for GPU runs without ComfyUI (bench/gpu/casting.py labels its figures so):
+layer classes for `PixArtDiT(operations=standin_ops)` that store weights in a narrow dtype (float8_e4m3fn) and cast
+them to the activations' dtype inside every forward, the manual-cast pattern of `comfy.ops.manual_cast` reduced to
+plain torch.
 
 PixArtDiT takes exactly Linear, Conv2d and LayerNorm from `operations` (pixart/dit.py, blocks.py, embeddings.py);
 its adaLN tables, null caption and activations are plain torch and stay in the compute dtype.
