@@ -7,12 +7,14 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io, ui
 
-from ..pixart.bins import BINNING_CHOICES, MODEL_BINS, generation_size, resize_and_crop
+from ..pixart.bins import BINNING_CHOICES, MODEL_BINS, generation_size, resize_and_crop, resize_back_size
 from .dit_model import pixart_dit
+from .latent_path import size_set_on_the_way
 
 log = logging.getLogger(__name__)
 
-TARGET_SIZE_KEY = "pixart_target_size"  # (height, width) the image is resized back to after decoding
+TARGET_SIZE_KEY = "pixart_target_size"  # (height, width) px asked for, that binning moved away from
+BINNED_SIZE_KEY = "pixart_binned_size"  # (height, width) px the latent was made at for that request
 
 
 def binned_size(height: int, width: int, binning: str, model=None) -> tuple[int, int]:
@@ -50,6 +52,7 @@ class PixArtEmptyLatent(io.ComfyNode):
         summary = f"{width}x{height}"
         if (gen_h, gen_w) != (height, width):
             out[TARGET_SIZE_KEY] = (height, width)
+            out[BINNED_SIZE_KEY] = (gen_h, gen_w)
             summary += f" -> generated at {gen_w}x{gen_h}, resized back after decoding"
             log.info("PixArt latent: requested %dx%d, generating at %dx%d", width, height, gen_w, gen_h)
         return io.NodeOutput(out, ui=ui.PreviewText(summary))
@@ -63,7 +66,9 @@ class PixArtVAEDecode(io.ComfyNode):
             display_name="PixArt VAE Decode",
             category="PixArt/latent",
             description="Decodes with ComfyUI's VAE, tiling when the decode would not fit (2K/4K), and resizes "
-                        "binned images back to the requested size (bilinear + centre crop, as diffusers).",
+                        "binned images back to the requested size (bilinear + centre crop, as diffusers); a latent "
+                        "upscaled by a factor since (hires-fix) goes back to the request times that factor, one given "
+                        "a stated size (Upscale Latent, Crop Latent) keeps it.",
             inputs=[
                 io.Latent.Input("samples", tooltip="The sampled latent."),
                 io.Vae.Input("vae", tooltip="SDXL VAE for PixArt-Σ, SD1.5 VAE for PixArt-α."),
@@ -74,6 +79,7 @@ class PixArtVAEDecode(io.ComfyNode):
                              tooltip="Tile side in pixels when tiling."),
             ],
             outputs=[io.Image.Output()],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -86,10 +92,24 @@ class PixArtVAEDecode(io.ComfyNode):
             images = vae.decode(latent)  # ComfyUI still falls back to tiles if it runs out of memory
         if images.ndim == 5:  # (B, T, H, W, C) from video VAEs
             images = images.reshape(-1, *images.shape[-3:])
-        target = samples.get(TARGET_SIZE_KEY)
+        target = resize_target(samples, tuple(images.shape[1:3]), cls.hidden.prompt, cls.hidden.unique_id)
         if target is not None:
             images = resize_and_crop(images.movedim(-1, 1), *target).movedim(1, -1)  # (B, H, W, C)
         return io.NodeOutput(images)
+
+
+def resize_target(samples: dict, decoded: tuple[int, int], prompt=None, node_id=None) -> tuple[int, int] | None:
+    """The size a decoded binned image goes back to (pixart.bins.resize_back_size), or None to keep it."""
+    requested = samples.get(TARGET_SIZE_KEY)
+    if requested is None:
+        return None
+    binned = tuple(samples.get(BINNED_SIZE_KEY) or decoded)  # LATENTs saved before the binned size was kept
+    stated = size_set_on_the_way(prompt, node_id, "samples") if decoded != binned else None
+    target = resize_back_size(tuple(requested), binned, decoded, size_set_since=stated is not None)
+    if target is None:
+        log.info("PixArt VAE Decode: keeping the decoded %dx%d (%s since the %dx%d request)", decoded[1], decoded[0],
+                 f"{stated} set it" if stated else "the latent changed shape", requested[1], requested[0])
+    return target
 
 
 def _too_big(vae, latent: torch.Tensor) -> bool:

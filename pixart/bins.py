@@ -48,6 +48,7 @@ ASPECT_RATIO_BINS: dict[int, dict[str, tuple[int, int]]] = {
 MODEL_BINS, NO_BINS = "model", "off"
 BINNING_CHOICES = [MODEL_BINS, NO_BINS] + [str(size) for size in ASPECT_RATIO_BINS]  # a table, the model's, or none
 SIZE_MULTIPLE = 16  # latent sides are whole patches: VAE factor 8 x patch 2
+LATENT_PIXEL = 8  # image pixels per latent pixel
 
 
 def generation_size(height: int, width: int, binning: str, trained_resolution: int | None = None) -> tuple[int, int]:
@@ -91,3 +92,23 @@ def resize_and_crop(images: torch.Tensor, height: int, width: int) -> torch.Tens
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return images[..., top:top + height, left:left + width]
 
+
+def resize_back_size(requested: tuple[int, int], binned: tuple[int, int], current: tuple[int, int],
+                     size_set_since: bool = False) -> tuple[int, int] | None:
+    """The (height, width) an image decoded at `current` px is resized back to, or None to keep it as decoded.
+
+    The image was generated at the bin `binned` for the `requested` size. Unchanged, it goes back to `requested`
+    (diffusers' use_resolution_binning). Scaled by the same factor on both axes since (upscale by 1.5x or 2x for a
+    hires-fix pass) it goes back to the request scaled by that factor. When a size was set explicitly since
+    (`size_set_since`: an upscale to a stated size, a crop) or the latent changed shape in any other way, the decoded
+    size is what was asked for last, and it is kept.
+    """
+    if current == binned:
+        return requested
+    if size_set_since:
+        return None
+    long = 0 if binned[0] >= binned[1] else 1
+    scale = current[long] / binned[long]  # from the longer side: the other may be rounded to a whole latent pixel
+    if abs(current[1 - long] - binned[1 - long] * scale) > LATENT_PIXEL:
+        return None
+    return round(requested[0] * scale), round(requested[1] * scale)

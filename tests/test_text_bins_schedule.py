@@ -60,3 +60,15 @@ def test_alphas_cumprod_equal_the_scheduler():
     assert torch.allclose(alphas_cumprod().float(), scheduler.alphas_cumprod, rtol=1e-5)
     assert reference_timesteps(20)[0] == 999 and reference_sigmas(20)[-1] == 0
 
+
+def test_resize_back_follows_the_latent():
+    from pixart_sigma_nodes.pixart.bins import resize_back_size
+
+    requested, binned = (120, 200), (192, 320)
+    assert resize_back_size(requested, binned, binned) == requested
+    assert resize_back_size(requested, binned, (384, 640)) == (240, 400)  # upscaled by 2 for a hires-fix pass
+    assert resize_back_size(requested, binned, (288, 480)) == (180, 300)  # by 1.5
+    assert resize_back_size(requested, binned, (248, 416)) == (156, 260)  # by 1.3: 31.2 latent rows rounded to 31
+    assert resize_back_size(requested, binned, (240, 400), size_set_since=True) is None  # a stated size is kept
+    assert resize_back_size(requested, binned, (96, 160), size_set_since=True) is None  # a crop
+    assert resize_back_size(requested, binned, (192, 400)) is None  # changed shape: kept as decoded
