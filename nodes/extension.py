@@ -6,12 +6,13 @@ from .kv_nodes import PixArtKVCompress, PixArtKVSampler
 from .latent_nodes import PixArtEmptyLatent, PixArtVAEDecode
 from .loaders import PixArtDiffusersLoader, PixArtDiTLoader, PixArtT5Loader
 from .text_encode import PixArtTextEncode
+from .two_stage import PixArtTwoStage
 
 
 class PixArtExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [PixArtT5Loader, PixArtDiTLoader, PixArtDiffusersLoader, PixArtTextEncode, PixArtKVSampler,
-                PixArtKVCompress, PixArtTorchCompile, PixArtEmptyLatent, PixArtVAEDecode]
+                PixArtKVCompress, PixArtTorchCompile, PixArtTwoStage, PixArtEmptyLatent, PixArtVAEDecode]
 
 
 def install_host_hooks() -> None:

@@ -206,3 +206,20 @@ def test_quantized_files_are_recognised_and_kept_whole(tmp_path, sigma_ckpt):
     with pytest.raises(CheckpointError, match="diffusers-scaled.safetensors is a quantized diffusers-layout file"):
         read_dit_weights(str(tmp_path / "diffusers-scaled.safetensors"))
 
+
+def test_depth_42_experts_are_read_from_their_weights(tmp_path):
+    """The 900M PixArt-Σ experts have 42 blocks: depth is counted, KV compression's default deep half scales to it."""
+    from bench.fixtures.models import original_layout, tiny_transformer
+    from pixart_sigma_nodes.pixart.kv_compress import default_layers
+
+    model, null_caption = tiny_transformer("sigma", False, depth=42, seed=4)
+    save_file(original_layout(model, null_caption), str(tmp_path / "PixArt-Sigma-900M-stage2.safetensors"))
+    dit = load_dit(str(tmp_path / "PixArt-Sigma-900M-stage2.safetensors"))
+    assert dit.config.depth == 42 and len(dit.blocks) == 42
+    assert default_layers(42) == frozenset(range(21, 42))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    context = torch.randn(1, 300, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = dit(x, torch.tensor([300.0]), context)
+        ref = model(x, encoder_hidden_states=context, timestep=torch.tensor([300.0]), return_dict=False)[0]
+    assert (ours - ref).abs().max() <= 1e-5
