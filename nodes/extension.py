@@ -15,13 +15,24 @@ class PixArtExtension(ComfyExtension):
                 PixArtKVCompress, PixArtTorchCompile, PixArtTwoStage, PixArtEmptyLatent, PixArtVAEDecode]
 
 
+def register_sampling() -> None:
+    """The PixArt schedulers and the published checkpoints' samplers in ComfyUI's lists (before node schemas are
+    built, which list them)."""
+    from . import samplers, scheduler
+
+    scheduler.register()
+    samplers.register()
+
+
 def install_host_hooks() -> None:
-    """Our HTTP routes and LoRA layouts; called from comfy_entrypoint, before the server freezes its routes."""
+    """Our HTTP routes, LoRA layouts, schedulers and samplers; called from comfy_entrypoint, before the server freezes
+    its routes."""
     from server import PromptServer
 
     from . import lora, routes
 
     lora.install()
+    register_sampling()
 
     if getattr(PromptServer, "instance", None) is not None:
         routes.register(PromptServer.instance)

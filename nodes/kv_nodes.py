@@ -5,18 +5,22 @@ same MODEL can run compressed and uncompressed side by side.
 """
 from __future__ import annotations
 
+import logging
+
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..pixart.kv_compress import MODES, KVCompress, parse_layers
+from ..pixart.recipes import CUSTOM, RECIPE_CHOICES, RECIPES
 from .dit_model import KV_COMPRESS_OPTION, KV_MIN_SIGMA_OPTION, pixart_dit
-from .scheduler import REFERENCE_SCHEDULER, register
+from .scheduler import REFERENCE_SCHEDULER
 
-register()
+log = logging.getLogger(__name__)
+_warned: set[tuple[str, str]] = set()  # (recipe, model) pairs whose mismatch was logged
 
 KV_RATIOS = {"off": 1, "2x2": 2, "3x3": 3, "4x4": 4}
 
@@ -97,7 +101,9 @@ class PixArtKVSampler(io.ComfyNode):
             display_name="PixArt Sampler (KV compression)",
             category="PixArt/sampling",
             description="Samples with ComfyUI's sampler stack. Defaults reproduce diffusers' PixArtSigmaPipeline: "
-                        "20 steps, cfg 4.5, DPM-Solver++ 2M on the reference timestep schedule.",
+                        "20 steps, cfg 4.5, DPM-Solver++ 2M on the reference timestep schedule. A recipe runs a "
+                        "published checkpoint the way its authors do (DMD, LCM, SA-Solver) instead of the steps, cfg, "
+                        "sampler and scheduler set here.",
             inputs=[
                 io.Model.Input("model", tooltip="A MODEL from the PixArt DiT Loader."),
                 io.Conditioning.Input("positive", tooltip="The prompt (PixArt Text Encode or CLIPTextEncode)."),
@@ -117,13 +123,19 @@ class PixArtKVSampler(io.ComfyNode):
                                        "steps+1)) reversed; any ComfyUI scheduler works."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Below 1 for img2img: how much of the input latent is re-noised."),
-            ] + kv_inputs(),
+            ] + kv_inputs() + [
+                io.Combo.Input("recipe", options=RECIPE_CHOICES, default=CUSTOM, optional=True,
+                               tooltip="custom: the steps, cfg, sampler and scheduler above. Or how a published "
+                                       "checkpoint is meant to be sampled, which then sets those four: "
+                                       + "; ".join(f"{name}: {recipe.summary}" for name, recipe in RECIPES.items())),
+            ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
     def execute(cls, model, positive, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
-                kv_compress, kv_layers, kv_mode, kv_steps, negative=None):
+                kv_compress, kv_layers, kv_mode, kv_steps, recipe=CUSTOM, negative=None):
+        steps, cfg, sampler_name, scheduler = recipe_settings(model, recipe, steps, cfg, sampler_name, scheduler)
         for name, value, known in (("sampler_name", sampler_name, comfy.samplers.KSampler.SAMPLERS),
                                    ("scheduler", scheduler, comfy.samplers.KSampler.SCHEDULERS)):
             if value not in known:
@@ -131,8 +143,28 @@ class PixArtKVSampler(io.ComfyNode):
         if negative is None:
             negative = null_caption_negative(model, positive)
         model = apply_kv(model, kv_compress, kv_layers, kv_mode, kv_steps)
-        return io.NodeOutput(sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                                    denoise))
+        latent = sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise)
+        summary = f"{steps} steps, cfg {cfg:g}, {sampler_name} / {scheduler}"
+        return io.NodeOutput(latent, ui=ui.PreviewText(summary if recipe == CUSTOM else f"{recipe}: {summary}"))
+
+
+def recipe_settings(model, recipe: str, steps: int, cfg: float, sampler_name: str, scheduler: str):
+    """(steps, cfg, sampler, scheduler): the node's own for 'custom', else the recipe's; a recipe published for other
+    checkpoints runs, with one warning in the log per recipe and model."""
+    if recipe == CUSTOM:
+        return steps, cfg, sampler_name, scheduler
+    chosen = RECIPES.get(recipe)
+    if chosen is None:
+        raise ValueError(f"recipe '{recipe}' is unknown; choose one of: {', '.join(RECIPE_CHOICES)}.")
+    config = pixart_dit(model, "a recipe is for a PixArt checkpoint").config
+    mismatch = chosen.mismatch(config)
+    if mismatch and (recipe, config.describe()) not in _warned:
+        _warned.add((recipe, config.describe()))
+        published = "PixArt-" + {"alpha": "α", "sigma": "Σ"}.get(chosen.family, "") + (
+            f" {chosen.trained_resolution}" if chosen.trained_resolution else "")
+        log.warning("PixArt recipe '%s' is published for %s checkpoints; this model differs (%s: %s). It runs, but "
+                    "the result is not what the recipe was made for.", recipe, published, mismatch, config.describe())
+    return chosen.steps, chosen.cfg, chosen.sampler, chosen.scheduler
 
 
 def sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent: dict, denoise: float) -> dict:

@@ -72,3 +72,29 @@ def test_resize_back_follows_the_latent():
     assert resize_back_size(requested, binned, (240, 400), size_set_since=True) is None  # a stated size is kept
     assert resize_back_size(requested, binned, (96, 160), size_set_since=True) is None  # a crop
     assert resize_back_size(requested, binned, (192, 400)) is None  # changed shape: kept as decoded
+
+
+def test_lcm_timesteps_equal_the_lcm_scheduler():
+    from diffusers import LCMScheduler
+
+    from pixart_sigma_nodes.pixart.schedule import lcm_timesteps
+
+    scheduler = LCMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")  # PixArt-LCM's config
+    for steps in range(1, 51):
+        scheduler.set_timesteps(steps)
+        assert lcm_timesteps(steps) == scheduler.timesteps.tolist(), steps
+    with pytest.raises(ValueError, match="between 1 and 50"):
+        lcm_timesteps(51)
+
+
+def test_recipes_name_the_checkpoints_they_fit():
+    from bench.fixtures.models import sigma_width_config
+    from pixart_sigma_nodes.pixart.config import ALPHA
+    from pixart_sigma_nodes.pixart.recipes import RECIPES
+
+    sigma_1024 = sigma_width_config(depth=28)
+    alpha_512 = sigma_width_config(depth=28, family=ALPHA, caption_tokens=120, sample_size=64)
+    assert RECIPES["alpha_dmd_512"].mismatch(alpha_512) is None
+    assert RECIPES["alpha_dmd_512"].mismatch(sigma_1024) == "family sigma, trained size 1024 px"
+    assert RECIPES["sigma_sa_solver"].mismatch(sigma_1024) is None
+    assert RECIPES["sigma_dpm_solver"].mismatch(alpha_512) is None  # the default fits every checkpoint

@@ -157,15 +157,18 @@ def test_null_caption_negative_and_img2img_and_upscale(server):
     assert image.size == (192, 160)
 
 
-def test_reference_scheduler_is_registered(server):
-    info = server.get("/object_info/KSampler")
-    assert "pixart_reference" in info["KSampler"]["input"]["required"]["scheduler"][0]
+def test_schedulers_and_samplers_are_registered(server):
+    required = server.get("/object_info/KSampler")["KSampler"]["input"]["required"]
+    assert {"pixart_reference", "pixart_sa_solver", "pixart_lcm", "pixart_dmd"} <= set(required["scheduler"][0])
+    assert {"pixart_sa_solver", "pixart_lcm", "pixart_dmd"} <= set(required["sampler_name"][0])
 
 
 TINY_NAMES = {"t5xxl_fp16.safetensors": "t5-tiny.safetensors", "sdxl_vae.safetensors": "vae-tiny.safetensors",
               "vae-ft-mse-840000-ema-pruned.safetensors": "vae-tiny.safetensors",
               "PixArt-Sigma-XL-2-1024-MS.pth": "sigma-tiny.safetensors", "PixArt-Sigma-XL-2-2K-MS.pth": "sigma-tiny.pth",
-              "PixArt-XL-2-1024-MS.pth": "alpha-tiny.safetensors", "PixArt-XL-2-512x512.pth": "alpha-tiny.safetensors"}
+              "PixArt-XL-2-1024-MS.pth": "alpha-tiny.safetensors", "PixArt-XL-2-512x512.pth": "alpha-tiny.safetensors",
+              "diffusers/PixArt-Alpha-DMD-XL-2-512x512": "alpha-tiny.safetensors",
+              "diffusers/PixArt-LCM-XL-2-1024-MS": "alpha-tiny.safetensors"}
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "..",

@@ -1,0 +1,48 @@
+"""How each published PixArt checkpoint is meant to be sampled, as its authors run it (diffusers' pipelines with the
+checkpoint's own scheduler), by name, so that a user picks the recipe rather than the numbers.
+
+The samplers and schedulers named here are registered in ComfyUI by the nodes (nodes/samplers.py, nodes/scheduler.py)
+and can be picked in core KSampler / KSamplerSelect / BasicScheduler too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ALPHA, SIGMA, DiTConfig
+
+CUSTOM = "custom"  # the sampler node's own steps / cfg / sampler / scheduler inputs
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    family: str | None = None  # the checkpoints it was published for
+    trained_resolution: int | None = None
+
+    def mismatch(self, config: DiTConfig) -> str | None:
+        """What about this model differs from the checkpoints the recipe was published for, or None."""
+        wrong = []
+        if self.family is not None and config.family != self.family:
+            wrong.append(f"family {config.family}")
+        if self.trained_resolution is not None and config.trained_resolution != self.trained_resolution:
+            wrong.append(f"trained size {config.trained_resolution} px")
+        return ", ".join(wrong) or None
+
+
+RECIPES = {recipe.name: recipe for recipe in (
+    Recipe("sigma_dpm_solver", "PixArt-Σ/α default: DPM-Solver++ 2M, 20 steps, cfg 4.5 (diffusers' pipeline)",
+           20, 4.5, "dpmpp_2m", "pixart_reference"),
+    Recipe("sigma_sa_solver", "PixArt-Σ SA-Solver as the PixArt-Σ app runs it: 25 steps, cfg 3, predictor/corrector "
+           "order 2/2, tau 1 for t in [200, 800], data prediction", 25, 3.0, "pixart_sa_solver", "pixart_sa_solver",
+           family=SIGMA),
+    Recipe("alpha_lcm_1024", "PixArt-α LCM 1024 (PixArt-LCM-XL-2-1024-MS): LCMScheduler, 4 steps, no guidance",
+           4, 1.0, "pixart_lcm", "pixart_lcm", family=ALPHA, trained_resolution=1024),
+    Recipe("alpha_dmd_512", "PixArt-α DMD 512 (PixArt-Alpha-DMD-XL-2-512x512): one step at t=400 from pure noise, "
+           "no guidance", 1, 1.0, "pixart_dmd", "pixart_dmd", family=ALPHA, trained_resolution=512),
+)}
+RECIPE_CHOICES = [CUSTOM, *RECIPES]

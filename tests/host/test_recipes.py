@@ -1,0 +1,176 @@
+"""Host tier: each published checkpoint's sampling recipe, picked by name in an API-mode graph on a real server,
+against diffusers' pipeline with that checkpoint's scheduler and settings (tiny random weights, fp32): PixArt-α DMD,
+PixArt-α LCM and PixArt-Σ SA-Solver; the same samplers through core KSampler; bad input."""
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from bench.fixtures.comfy_server import error_message
+from bench.fixtures.models import original_layout, tiny_transformer
+from bench.fixtures.models_folder import REPO
+from bench.fixtures.schedulers import pixart_sigma_scheduler
+from host.comfy_host import require_comfyui
+
+require_comfyui()
+PROMPT = "A photo of a CAT riding the moon"
+SIZE = 256  # px, square, unbinned
+LATENT_SCALE = {"sigma": 0.13025, "alpha": 0.18215}  # ComfyUI saves latents divided by the VAE scale of the family
+
+
+@pytest.fixture(scope="module")
+def dmd_model(server):
+    """A tiny PixArt-α 512 transformer (sample size 64, no micro-conditions), as the DMD checkpoint is shaped."""
+    model, null_caption = tiny_transformer("alpha", False, seed=40, sample_size=64)
+    save_file(original_layout(model, null_caption), os.path.join(server.base, "models", "diffusion_models",
+                                                                  "alpha512-dmd-tiny.safetensors"))
+    return model
+
+
+def _graph(dit_name, caption_length, recipe, seed, negative=True, **sampler):
+    graph = {
+        "t5": {"class_type": "PixArtT5Loader", "inputs": {"t5_name": f"diffusers/{REPO}", "dtype": "fp32",
+                                                           "device": "default", "caption_length": caption_length}},
+        "pos": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["t5", 0], "text": PROMPT}},
+        "neg": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["t5", 0], "text": ""}},
+        "dit": {"class_type": "PixArtDiTLoader", "inputs": {"dit_name": dit_name, "weight_dtype": "fp32"}},
+        "latent": {"class_type": "PixArtEmptyLatent", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1,
+                                                                 "binning": "off", "model": ["dit", 0]}},
+        "sample": {"class_type": "PixArtKVSampler", "inputs": {
+            "model": ["dit", 0], "positive": ["pos", 0], "latent_image": ["latent", 0], "seed": seed, "steps": 20,
+            "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "pixart_reference", "denoise": 1.0,
+            "kv_compress": "off", "kv_layers": "", "kv_mode": "avg", "kv_steps": 1.0, "recipe": recipe, **sampler}},
+        "save_latent": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": recipe}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "vae-tiny.safetensors"}},
+        "decode": {"class_type": "PixArtVAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0],
+                                                               "tiling": "off", "tile_size": 1024}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": recipe}},
+    }
+    if negative:
+        graph["sample"]["inputs"]["negative"] = ["neg", 0]
+    return graph
+
+
+def _outputs(server, graph):
+    entry = server.run(graph, timeout=600)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    out = entry["outputs"]
+    info = out["save_latent"]["latents"][0]
+    latent = load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
+    info = out["save"]["images"][0]
+    image = np.asarray(Image.open(os.path.join(server.base, "output", info["subfolder"], info["filename"])))
+    return latent, image
+
+
+def _vae(server, family):
+    """The served tiny VAE with the latent scale diffusers applies for the family (ComfyUI's is the latent format's)."""
+    from diffusers import AutoencoderKL
+
+    vae = server.reference["vae"]
+    scaled = AutoencoderKL.from_config({**vae.config, "scaling_factor": LATENT_SCALE[family]}).eval()
+    scaled.load_state_dict(vae.state_dict())
+    return scaled
+
+
+def _pipeline(server, family, transformer, scheduler):
+    from diffusers import PixArtAlphaPipeline, PixArtSigmaPipeline
+
+    pipeline = PixArtSigmaPipeline if family == "sigma" else PixArtAlphaPipeline
+    ref = server.reference
+    return pipeline(tokenizer=ref["tokenizer"], text_encoder=ref["t5"], vae=_vae(server, family),
+                    transformer=transformer, scheduler=scheduler)
+
+
+def _compare(label, family, ours, pipe, seed, **call):
+    kwargs = dict(prompt=PROMPT, height=SIZE, width=SIZE, use_resolution_binning=False, clean_caption=False, **call)
+    with torch.no_grad():
+        ref_latent = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
+        ref_image = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="pt").images
+    latent, image = ours
+    latent = latent * LATENT_SCALE[family]
+    assert latent.shape == ref_latent.shape
+    relative = ((latent - ref_latent).abs().max() / ref_latent.std()).item()
+    ref_pixels = (ref_image[0].permute(1, 2, 0).numpy() * 255).round()
+    pixel_error = np.abs(image.astype(np.float64) - ref_pixels).max()
+    print(f"\n{label}: latent max error / std = {relative:.2e}, max pixel difference {pixel_error:.0f}/255")
+    assert relative <= 3e-4
+    assert image.shape == ref_pixels.shape and pixel_error <= 3
+
+
+def test_dmd_recipe_equals_the_dmd_app(server, dmd_model):
+    """PixArt-sigma's app_pixart_dmd.py: DDPMScheduler (the DMD repo's config: linear betas, epsilon, no clipping),
+    timesteps=[400], guidance 1, 120 tokens; the pipeline returns the predicted x0 of pure unit noise at t=400."""
+    from diffusers import DDPMScheduler
+
+    seed = 21
+    ours = _outputs(server, _graph("alpha512-dmd-tiny.safetensors", "alpha_120", "alpha_dmd_512", seed, negative=False))
+    scheduler = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False)
+    pipe = _pipeline(server, "alpha", dmd_model, scheduler)
+    _compare("DMD", "alpha", ours, pipe, seed, timesteps=[400], guidance_scale=1.0, num_inference_steps=1,
+             max_sequence_length=120)
+
+
+def test_lcm_recipe_equals_the_lcm_pipeline(server, alpha_ckpt):
+    """PixArt-LCM-XL-2-1024-MS: LCMScheduler (original_inference_steps 50, linear betas), 4 steps, guidance 0."""
+    from diffusers import LCMScheduler
+
+    seed = 22
+    ours = _outputs(server, _graph("alpha-tiny.safetensors", "alpha_120", "alpha_lcm_1024", seed, negative=False))
+    scheduler = LCMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon")
+    pipe = _pipeline(server, "alpha", alpha_ckpt.model, scheduler)
+    _compare("LCM", "alpha", ours, pipe, seed, guidance_scale=0.0, num_inference_steps=4, max_sequence_length=120)
+
+
+def _sa_solver_pipeline(server, sigma_ckpt):
+    from diffusers import SASolverScheduler
+
+    scheduler = SASolverScheduler.from_config(pixart_sigma_scheduler().config, algorithm_type="data_prediction",
+                                              predictor_order=2, corrector_order=2,
+                                              tau_func=lambda t: 1 if 200 <= t <= 800 else 0)
+    return _pipeline(server, "sigma", sigma_ckpt.model, scheduler)
+
+
+def test_sa_solver_recipe_equals_the_sigma_app(server, sigma_ckpt):
+    """PixArt-sigma's app_pixart_sigma.py: SASolverScheduler in data prediction, predictor/corrector order 2, tau 1 for
+    t in [200, 800], 25 steps, cfg 3 (empty negative prompt)."""
+    seed = 23
+    ours = _outputs(server, _graph("sigma-tiny.safetensors", "sigma_300", "sigma_sa_solver", seed))
+    _compare("SA-Solver", "sigma", ours, _sa_solver_pipeline(server, sigma_ckpt), seed, negative_prompt="",
+             guidance_scale=3.0, num_inference_steps=25, max_sequence_length=300)
+
+
+def test_sa_solver_through_core_ksampler(server, sigma_ckpt):
+    """The same sampler and scheduler picked by name in core KSampler."""
+    seed = 24
+    graph = _graph("sigma-tiny.safetensors", "sigma_300", "custom", seed)
+    graph["sample"] = {"class_type": "KSampler", "inputs": {
+        "model": ["dit", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+        "seed": seed, "steps": 25, "cfg": 3.0, "sampler_name": "pixart_sa_solver", "scheduler": "pixart_sa_solver",
+        "denoise": 1.0}}
+    _compare("SA-Solver in KSampler", "sigma", _outputs(server, graph), _sa_solver_pipeline(server, sigma_ckpt), seed,
+             negative_prompt="", guidance_scale=3.0, num_inference_steps=25, max_sequence_length=300)
+
+
+def test_recipe_on_another_checkpoint_warns_once(server):
+    before = server.log().count("recipe 'alpha_dmd_512'")
+    for seed in (1, 2):
+        graph = _graph("sigma-tiny.safetensors", "sigma_300", "alpha_dmd_512", seed)
+        for key in ("vae", "decode", "save"):
+            graph.pop(key)
+        entry = server.run(graph)
+        assert entry["status"]["status_str"] == "success", error_message(entry)
+    log = server.log()
+    assert log.count("recipe 'alpha_dmd_512'") - before == 1, log[-3000:]
+    assert "published for PixArt-α 512" in log and "family sigma" in log
+
+
+def test_unknown_recipe_is_a_node_error_naming_the_choices(server):
+    graph = copy.deepcopy(_graph("sigma-tiny.safetensors", "sigma_300", "turbo", 1))
+    status, body = server.post("/prompt", {"prompt": graph})
+    assert status == 400, body
+    text = str(body)
+    assert "recipe" in text and "turbo" in text and "alpha_lcm_1024" in text and "sigma_sa_solver" in text
