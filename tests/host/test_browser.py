@@ -119,7 +119,8 @@ def _status_text(page, node_id: int, name: str, contains: str, timeout: float = 
     element = _status(page, node_id, name, contains)
     assert element.is_visible(), f"{name} status is not visible in {page.mode} mode"
     box = element.bounding_box()
-    assert box and box["width"] > 20 and box["height"] > 8, box
+    scale = page.evaluate("() => app.canvas.ds.scale")  # a large example is fitted to the view, zoomed out
+    assert box and box["width"] / scale > 20 and box["height"] / scale > 8, (box, scale)
     return page.evaluate("(el) => el.value ?? el.innerText", element)
 
 
