@@ -6,6 +6,7 @@ we only describe the model and hand it the weights.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import comfy.conds
 import comfy.latent_formats
@@ -27,6 +28,11 @@ log = logging.getLogger(__name__)
 # (compression only while the current sigma is at or above it; 0 = every step).
 KV_COMPRESS_OPTION = "pixart_kv_compress"
 KV_MIN_SIGMA_OPTION = "pixart_kv_min_sigma"
+
+# The `control` dict ComfyUI passes to the diffusion model: UNet ControlNets fill these lists with residuals; PixArt
+# ControlNets (nodes/controlnet.py) put pixart.controlnet.ControlInputs under PIXART_CONTROL.
+UNET_CONTROL_KEYS = ("input", "middle", "output")
+PIXART_CONTROL = "pixart_control"
 
 # Measured by bench/memory_usage_factor.py (peak activation bytes of one forward relative to ComfyUI's
 # area * dtype_size * 0.01 MiB formula); see the README's Benchmarks section.
@@ -58,8 +64,21 @@ class ComfyPixArtDiT(PixArtDiT):
 
         caption = caption_cache.encode_caption(self, options, context, attention_mask, x.dtype)
         out = super().forward(x, timesteps, None, c_size=c_size, c_ar=c_ar, kv_compress=_kv_for_step(options),
-                              attention=attention, caption=caption)
+                              attention=attention, caption=caption,
+                              control=self._control_inputs(control, context, attention_mask, x.dtype))
         return out[:, : self.config.in_channels]  # epsilon; the learned-variance channels are not used
+
+
+    def _control_inputs(self, control: dict | None, context, attention_mask, dtype) -> list | None:
+        """The PixArt ControlNets in ComfyUI's control dict, with their copied blocks' captions encoded: at every step, not
+        cached (the caption projection and one K/V projection per copied block; the caption cache keeps the DiT's)."""
+        if not control:
+            return None
+        if any(control.get(key) for key in UNET_CONTROL_KEYS):
+            raise ValueError("A ControlNet for UNet models (SD1.5/SDXL residuals) reached a PixArt model. PixArt runs "
+                             "only PixArt ControlNets: load one with the PixArt ControlNet Loader.")
+        inputs = control.get(PIXART_CONTROL) or []
+        return [replace(item, caption=item.net.encode_caption(self, context, attention_mask, dtype)) for item in inputs]
 
 
 def _kv_for_step(options: dict):
@@ -135,22 +154,19 @@ WEIGHT_DTYPES = {
 }
 
 
-def build_patcher(weights: DiTWeights, weight_dtype: str = "default", disable_dynamic: bool = False):
-    """Wrap loaded weights into the host's patcher the way its own diffusion-model loader does, letting ComfyUI
-    choose compute dtype, casting ops, devices and offloading; the chosen storage dtype is what every layer holds."""
+def host_model(model_config, state_dict: dict, quantization: host.HostQuantization, stored_dtype, weight_dtype: str,
+               source: str, describe: str, disable_dynamic: bool = False):
+    """Build `model_config`'s model and load `state_dict` into the host's patcher the way its own diffusion-model loader
+    does, letting ComfyUI choose compute dtype, casting ops, devices and offloading; the chosen storage dtype is what
+    every layer holds. Weights that do not fit are a CheckpointError naming `source`. -> (patcher, storage dtype)"""
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype '{weight_dtype}' is unknown; choose one of: {', '.join(WEIGHT_DTYPES)}.")
     options = WEIGHT_DTYPES[weight_dtype]
-    state_dict, quantization = host.host_quantization(weights.state_dict, weights.metadata, weights.quantization,
-                                                      weights.source)
-    host.refuse_fp8_on_quantized(quantization, options.get("dtype"), "weight_dtype", weights.source)
-    config_class = PixArtAlphaConfig if weights.config.family == ALPHA else PixArtSigmaConfig
-    model_config = config_class({"dit_config": weights.config})
+    host.refuse_fp8_on_quantized(quantization, options.get("dtype"), "weight_dtype", source)
     quantization.configure_model(model_config)
     load_device = comfy.model_management.get_torch_device()
     offload_device = comfy.model_management.unet_offload_device()
     parameters = sum(t.numel() for k, t in state_dict.items() if not is_quantization_key(k))
-    stored_dtype = None if quantization.quantized else weights.stored_dtype()
     unet_dtype = options.get("dtype") or comfy.model_management.unet_dtype(
         model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes), weight_dtype=stored_dtype)
     cast_from = None if quantization.mixed_precision is not None else unet_dtype  # as the host's loader decides
@@ -166,10 +182,22 @@ def build_patcher(weights: DiTWeights, weight_dtype: str = "default", disable_dy
         host.cast_for_storage(state_dict, unet_dtype)
     missing, unexpected = host.load_model_weights(model, state_dict, patcher)
     if missing or unexpected:
-        raise CheckpointError(f"{weights.source}: weights do not fit the detected model ({weights.config.describe()}): "
+        raise CheckpointError(f"{source}: weights do not fit the detected model ({describe}): "
                               f"missing {missing[:6]}, unused {unexpected[:6]}.")
-    log.info("PixArt DiT %s: %s, weights %s%s, compute %s", weights.source, weights.config.describe(), unet_dtype,
-             f" ({weights.quantization})" if quantization.quantized else "", manual_cast or unet_dtype)
+    log.info("Loaded %s: %s, weights %s%s, compute %s", source, describe, unet_dtype,
+             " (quantized)" if quantization.quantized else "", manual_cast or unet_dtype)
+    return patcher
+
+
+def build_patcher(weights: DiTWeights, weight_dtype: str = "default", disable_dynamic: bool = False):
+    """Wrap loaded DiT weights into the host's patcher (host_model), with the per-run caption cache installed."""
+    state_dict, quantization = host.host_quantization(weights.state_dict, weights.metadata, weights.quantization,
+                                                      weights.source)
+    config_class = PixArtAlphaConfig if weights.config.family == ALPHA else PixArtSigmaConfig
+    model_config = config_class({"dit_config": weights.config})
+    stored_dtype = None if quantization.quantized else weights.stored_dtype()
+    patcher = host_model(model_config, state_dict, quantization, stored_dtype, weight_dtype,
+                         weights.source, weights.config.describe(), disable_dynamic)
     caption_cache.install(patcher)
     return patcher
 

@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .compile_node import PixArtTorchCompile
+from .controlnet import PixArtControlNetLoader
 from .kv_nodes import PixArtKVCompress, PixArtKVSampler
 from .latent_nodes import PixArtEmptyLatent, PixArtVAEDecode
 from .loaders import PixArtDiffusersLoader, PixArtDiTLoader, PixArtT5Loader
@@ -12,7 +13,8 @@ from .two_stage import PixArtTwoStage
 class PixArtExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [PixArtT5Loader, PixArtDiTLoader, PixArtDiffusersLoader, PixArtTextEncode, PixArtKVSampler,
-                PixArtKVCompress, PixArtTorchCompile, PixArtTwoStage, PixArtEmptyLatent, PixArtVAEDecode]
+                PixArtKVCompress, PixArtTorchCompile, PixArtTwoStage, PixArtEmptyLatent, PixArtVAEDecode,
+                PixArtControlNetLoader]
 
 
 def register_sampling() -> None:

@@ -14,6 +14,7 @@ from torch import nn
 from .attention import key_padding_bias, sdpa_attention
 from .blocks import FinalLayer, PixArtBlock
 from .config import DiTConfig
+from .controlnet import ControlBranch, ControlInput
 from .embeddings import CaptionProjection, PatchEmbed, SizeEmbedder, TimestepEmbedder, sincos_pos_embed_2d
 from .kv_compress import KVCompress, KVCompressError
 
@@ -98,13 +99,16 @@ class PixArtDiT(nn.Module):
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | None,
                 context_mask: torch.Tensor | None = None, c_size: torch.Tensor | None = None,
                 c_ar: torch.Tensor | None = None, kv_compress: KVCompress | None = None,
-                attention=None, caption: EncodedCaption | None = None) -> torch.Tensor:
+                attention=None, caption: EncodedCaption | None = None,
+                control: list[ControlInput] | None = None) -> torch.Tensor:
         """Predict epsilon (and learned variance) for a noisy latent.
 
         x: (B, C, H, W) latent; timestep: (B,) in [0, 1000); context: (B, L, caption_channels) T5 features;
         context_mask: (B, L) 1 for real tokens, 0 for padding; c_size: (B, 2) image (height, width) in
         pixels and c_ar: (B, 1) height / width, for micro-conditioned checkpoints (default: from x).
         caption: the output of encode_caption for this context, to skip encoding it again (context is then unused).
+        control: ControlNets to run beside the blocks (pixart.controlnet); their copied blocks compress K/V where the
+        base block of the same index does.
         Returns (B, out_channels, H, W).
         """
         cfg = self.config
@@ -120,8 +124,9 @@ class PixArtDiT(nn.Module):
         dtype = x.dtype
 
         tokens = self.x_embedder(x)  # (B, N, D)
-        tokens = tokens + sincos_pos_embed_2d(cfg.hidden_size, grid[0], grid[1], cfg.base_size,
-                                              cfg.pe_interpolation, tokens.device, tokens.dtype)
+        pos_embed = sincos_pos_embed_2d(cfg.hidden_size, grid[0], grid[1], cfg.base_size, cfg.pe_interpolation,
+                                        tokens.device, tokens.dtype)  # (1, N, D)
+        tokens = tokens + pos_embed
 
         t_emb = self.t_embedder(timestep.expand(batch) if timestep.numel() == 1 else timestep, dtype)  # (B, D)
         if cfg.micro_conditions:
@@ -138,12 +143,43 @@ class PixArtDiT(nn.Module):
         elif caption.batch != batch:
             raise ValueError(f"The encoded caption has batch {caption.batch}, the latent {batch}.")
 
+        branches = [self._control_branch(item, (batch, height, width), (pad_h, pad_w), pos_embed, context, context_mask)
+                    for item in control or ()]
         for index, (block, (key, value)) in enumerate(zip(self.blocks, caption.kv)):
+            if index > 0 and branches:
+                copy_compress = compress if compress is not None and compress.applies_to(index - 1) else None
+                residuals = [branch.residual(index - 1, tokens, t_mod, grid, attention, copy_compress)
+                             for branch in branches]  # each (B, N, D) or None
+                for residual in residuals:
+                    if residual is not None:
+                        tokens = tokens + residual
             layer_compress = compress if compress is not None and compress.applies_to(index) else None
             tokens = block(tokens, key, value, caption.bias, t_mod, grid, attention, layer_compress)
 
         out = self.final_layer(tokens, t_emb)  # (B, N, p*p*C_out)
         return self.unpatchify(out, grid)[:, :, :height, :width]
+
+    def _control_branch(self, control: ControlInput, shape: tuple[int, int, int], pad: tuple[int, int],
+                        pos_embed: torch.Tensor, context: torch.Tensor | None,
+                        context_mask: torch.Tensor | None) -> ControlBranch:
+        """Embed a hint latent as the latent is embedded (patches + the same positions) and set up its branch."""
+        hint = control.hint
+        if hint.shape[0] not in (1, shape[0]) or tuple(hint.shape[-2:]) != shape[1:]:
+            raise ValueError(f"The ControlNet hint latent is {tuple(hint.shape)}, the latent (batch, height, width) "
+                             f"{shape}: they need the same size (ComfyUI's ControlNet apply nodes resize the hint).")
+        reason = control.net.check_base(self.config)
+        if reason is not None:
+            raise ValueError(f"This ControlNet does not fit the model: {reason}.")
+        hint = hint.to(pos_embed.dtype).expand(shape[0], -1, -1, -1)  # (B, C, H, W)
+        if pad[0] or pad[1]:
+            hint = F.pad(hint, (0, pad[1], 0, pad[0]), mode="replicate")
+        hint_tokens = self.x_embedder(hint) + pos_embed  # (B, N, D)
+        caption = control.caption
+        if caption is None:
+            if context is None:
+                raise ValueError("A ControlInput without an encoded caption needs the context.")
+            caption = control.net.encode_caption(self, context, context_mask, pos_embed.dtype)
+        return ControlBranch(control, hint_tokens, caption)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B, h*w, p*p*C) -> (B, C, h*p, w*p)."""

@@ -168,7 +168,19 @@ TINY_NAMES = {"t5xxl_fp16.safetensors": "t5-tiny.safetensors", "sdxl_vae.safeten
               "PixArt-Sigma-XL-2-1024-MS.pth": "sigma-tiny.safetensors", "PixArt-Sigma-XL-2-2K-MS.pth": "sigma-tiny.pth",
               "PixArt-XL-2-1024-MS.pth": "alpha-tiny.safetensors", "PixArt-XL-2-512x512.pth": "alpha-tiny.safetensors",
               "diffusers/PixArt-Alpha-DMD-XL-2-512x512": "alpha-tiny.safetensors",
-              "diffusers/PixArt-LCM-XL-2-1024-MS": "alpha-tiny.safetensors"}
+              "diffusers/PixArt-LCM-XL-2-1024-MS": "alpha-tiny.safetensors",
+              "PixArt-XL-2-1024-ControlNet.pth": "PixArt-XL-2-1024-ControlNet-tiny.pth"}
+CONTROL_BASE = "alpha-controlnet-base-tiny.safetensors"  # a ControlNet's base: as deep as the ControlNet needs
+
+
+def _write_tiny_controlnet(base: str) -> None:
+    from safetensors.torch import save_file
+
+    from bench.fixtures.controlnet import base_original, save_controlnet_files, tiny_controlnet
+
+    net = tiny_controlnet()
+    save_controlnet_files(net, os.path.join(base, "models", "controlnet"), name="PixArt-XL-2-1024-ControlNet-tiny")
+    save_file(base_original(net), os.path.join(base, "models", "diffusion_models", CONTROL_BASE))
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "..",
@@ -181,11 +193,14 @@ def test_api_examples_run_on_tiny_models(server, name):
 
     with open(os.path.join(ROOT, "example_workflows", "api", name), encoding="utf-8") as fh:
         graph = json.load(fh)
+    controlled = any(node["class_type"] == "PixArtControlNetLoader" for node in graph.values())
+    if controlled:
+        _write_tiny_controlnet(server.base)
     for node in graph.values():
         inputs = node["inputs"]
-        for key in ("t5_name", "dit_name", "vae_name"):
+        for key in ("t5_name", "dit_name", "vae_name", "control_net_name"):
             if key in inputs:
-                inputs[key] = TINY_NAMES[inputs[key]]
+                inputs[key] = CONTROL_BASE if controlled and key == "dit_name" else TINY_NAMES[inputs[key]]
         if node["class_type"] == "PixArtEmptyLatent":  # binning would generate at the 1024 bin: CPU-slow decode
             inputs.update(width=128, height=128, binning="off")
         if node["class_type"] == "PixArtKVSampler":
