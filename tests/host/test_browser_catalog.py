@@ -176,7 +176,8 @@ def test_help_of_every_node_opens_and_names_every_input(browser, empty_server, n
             page.locator("[data-testid=panel-tab-info]").click()
             with open(os.path.join(ROOT, "web", "docs", f"{node_id}.md"), encoding="utf-8") as fh:
                 recipe_line = fh.read().split("## Recipe for the best result", 1)[1].strip().splitlines()[0]
-            words = max(recipe_line.lstrip("- ").replace("*", "").split("`"), key=len).strip()[:40]  # hand-written, plain text
+            # a phrase of the hand-written recipe, as plain text
+            words = max(recipe_line.lstrip("- ").replace("*", "").split("`"), key=len).strip()[:40]
             panel = page.locator("[data-testid=properties-panel]")
             playwright.expect(panel).to_contain_text(words, timeout=20_000)
             shown = panel.inner_text()
