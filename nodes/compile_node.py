@@ -34,8 +34,9 @@ def compile_blocks(model, backend: str, mode: str):
 class PixArtTorchCompile(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtTorchCompile",
+            search_aliases=["torch.compile", "TorchCompileModel", "compile", "speed up", "pixart"],
             display_name="PixArt torch.compile",
             category="PixArt/sampling",
             description="Compiles the DiT's transformer blocks with torch.compile at sampling time. The first run "
@@ -52,7 +53,8 @@ class PixArtTorchCompile(io.ComfyNode):
                                tooltip="inductor mode. max-autotune tries more kernels: a much longer first run "
                                        "for a few percent; '-no-cudagraphs' leaves out CUDA graphs."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="The model, compiled block by block while "
+                                             "it samples; the input MODEL is unchanged.")],
         )
 
     @classmethod

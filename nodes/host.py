@@ -8,20 +8,32 @@
 - Quantized files: ComfyUI v0.5+ reads legacy scaled fp8 and mixed-precision files as per-layer `comfy_quant`
   (comfy.utils.convert_old_quants / detect_layer_quantization -> mixed-precision ops); older hosts read only
   legacy scaled fp8, through the `scaled_fp8` model config / model option.
+- Node schemas: `search_aliases` (the words the node search also matches, v0.33's io.Schema) is passed only where the
+  host's Schema has the field; older hosts get the schema without it.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
 import comfy.model_patcher
 import comfy.utils
 import torch
+from comfy_api.latest import io
 
 from ..pixart.checkpoint.errors import CheckpointError
 from ..pixart.checkpoint.quantization import LEGACY_MARKER, MIXED_PRECISION, is_quantization_key
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+NEWER_SCHEMA_FIELDS = ("search_aliases",)  # io.Schema fields some supported hosts lack
+
+
+def schema(**fields) -> io.Schema:
+    """io.Schema(**fields) without the newer fields this host's Schema does not have."""
+    known = {field.name for field in dataclasses.fields(io.Schema)}
+    return io.Schema(**{name: value for name, value in fields.items()
+                        if name in known or name not in NEWER_SCHEMA_FIELDS})
 
 
 def accepts(function, name: str) -> bool:

@@ -16,6 +16,7 @@ from comfy_api.latest import io, ui
 
 from ..pixart.kv_compress import MODES, KVCompress, parse_layers
 from ..pixart.recipes import CUSTOM, RECIPE_CHOICES, RECIPES
+from . import host
 from .dit_model import KV_COMPRESS_OPTION, KV_MIN_SIGMA_OPTION, pixart_dit
 from .scheduler import REFERENCE_SCHEDULER
 
@@ -79,14 +80,16 @@ def null_caption_negative(model, positive):
 class PixArtKVCompress(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtKVCompress",
+            search_aliases=["KV compression", "token compression", "2K", "4K", "speed up", "KSampler", "pixart"],
             display_name="PixArt KV Compression",
             category="PixArt/sampling",
             description="Returns a copy of the MODEL that runs with KV token compression, for KSampler and "
                         "SamplerCustomAdvanced. The input MODEL is not changed.",
             inputs=[io.Model.Input("model", tooltip="A MODEL from the PixArt DiT Loader.")] + kv_inputs(),
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="A clone of the model that samples with KV compression, "
+                                             "for KSampler or SamplerCustomAdvanced.")],
         )
 
     @classmethod
@@ -97,8 +100,9 @@ class PixArtKVCompress(io.ComfyNode):
 class PixArtKVSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtKVSampler",
+            search_aliases=["KSampler", "sampler", "KV compression", "DPM-Solver", "SA-Solver", "LCM", "DMD", "pixart"],
             display_name="PixArt Sampler (KV compression)",
             category="PixArt/sampling",
             description="Samples with ComfyUI's sampler stack. Defaults reproduce diffusers' PixArtSigmaPipeline: "
@@ -130,7 +134,8 @@ class PixArtKVSampler(io.ComfyNode):
                                        "checkpoint is meant to be sampled, which then sets those four: "
                                        + "; ".join(f"{name}: {recipe.summary}" for name, recipe in RECIPES.items())),
             ],
-            outputs=[io.Latent.Output()],
+            outputs=[io.Latent.Output(tooltip="The denoised latent, still carrying the "
+                                              "requested size for PixArt VAE Decode.")],
         )
 
     @classmethod

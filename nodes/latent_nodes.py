@@ -8,6 +8,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..pixart.bins import BINNING_CHOICES, MODEL_BINS, generation_size, resize_and_crop, resize_back_size
+from . import host
 from .dit_model import pixart_dit
 from .latent_path import size_set_on_the_way
 
@@ -26,8 +27,9 @@ def binned_size(height: int, width: int, binning: str, model=None) -> tuple[int,
 class PixArtEmptyLatent(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtEmptyLatent",
+            search_aliases=["empty latent", "EmptyLatentImage", "resolution", "aspect ratio", "bins", "size", "pixart"],
             display_name="PixArt Empty Latent",
             category="PixArt/latent",
             description="An empty latent at the trained aspect-ratio bin nearest to the requested size (as diffusers' "
@@ -41,7 +43,8 @@ class PixArtEmptyLatent(io.ComfyNode):
                                        "2048 for 2K); a number: that table; off: the requested size rounded to 16 px."),
                 io.Model.Input("model", optional=True, tooltip="The PixArt MODEL, for binning 'model'."),
             ],
-            outputs=[io.Latent.Output()],
+            outputs=[io.Latent.Output(tooltip="Zeros at the binned size, carrying the "
+                                              "requested size for PixArt VAE Decode.")],
         )
 
     @classmethod
@@ -61,8 +64,9 @@ class PixArtEmptyLatent(io.ComfyNode):
 class PixArtVAEDecode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtVAEDecode",
+            search_aliases=["VAE decode", "VAEDecode", "resolution", "tiled decode", "pixart"],
             display_name="PixArt VAE Decode",
             category="PixArt/latent",
             description="Decodes with ComfyUI's VAE, tiling when the decode would not fit (2K/4K), and resizes "
@@ -78,7 +82,8 @@ class PixArtVAEDecode(io.ComfyNode):
                 io.Int.Input("tile_size", default=1024, min=256, max=4096, step=64,
                              tooltip="Tile side in pixels when tiling."),
             ],
-            outputs=[io.Image.Output()],
+            outputs=[io.Image.Output(tooltip="The decoded image, resized back to the requested "
+                                             "size when the latent was binned or rounded.")],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 

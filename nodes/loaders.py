@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from ..pixart.checkpoint.files import read_checkpoint
 from ..pixart.config import CAPTION_TOKENS
-from . import model_files
+from . import host, model_files
 from .dit_model import WEIGHT_DTYPES, load_dit_patcher
 from .t5_encoder import T5_DTYPES, load_t5_clip
 
@@ -23,8 +23,9 @@ _CAPTION_TOOLTIP = ("Token budget of the prompt: 300 for PixArt-Σ, 120 for PixA
 class PixArtT5Loader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtT5Loader",
+            search_aliases=["T5", "t5xxl", "text encoder", "CLIP loader", "pixart"],
             display_name="PixArt T5 Loader",
             category="PixArt/loaders",
             description="Loads a T5-v1.1 encoder (single file or diffusers text_encoder folder) as a CLIP with "
@@ -42,7 +43,8 @@ class PixArtT5Loader(io.ComfyNode):
                 io.Combo.Input("caption_length", options=list(CAPTION_LENGTHS), default="sigma_300",
                                tooltip=_CAPTION_TOOLTIP),
             ],
-            outputs=[io.Clip.Output()],
+            outputs=[io.Clip.Output(tooltip="T5 as a CLIP for PixArt Text Encode or CLIPTextEncode "
+                                            "(prompt with attention mask).")],
         )
 
     @classmethod
@@ -56,8 +58,9 @@ class PixArtT5Loader(io.ComfyNode):
 class PixArtDiTLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtDiTLoader",
+            search_aliases=["DiT", "diffusion model", "UNet loader", "checkpoint loader", "pixart sigma", "pixart alpha"],
             display_name="PixArt DiT Loader",
             category="PixArt/loaders",
             description="Loads a PixArt-Σ or PixArt-α transformer in any published layout; the variant, trained size "
@@ -70,7 +73,7 @@ class PixArtDiTLoader(io.ComfyNode):
                                tooltip="'default' lets ComfyUI choose for your GPU; fp8 halves VRAM (weights are cast "
                                        "per layer); '_fast' uses fp8 matrix multiplication where the GPU has it."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="The PixArt DiT for PixArt Sampler, KSampler or any sampler node.")],
         )
 
     @classmethod
@@ -82,8 +85,9 @@ class PixArtDiTLoader(io.ComfyNode):
 class PixArtDiffusersLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtDiffusersLoader",
+            search_aliases=["diffusers", "DiT", "T5", "VAE", "checkpoint loader", "pixart"],
             display_name="PixArt Diffusers Repo Loader",
             category="PixArt/loaders",
             description="Loads transformer, text_encoder (+ tokenizer) and vae of a diffusers PixArt repo folder "
@@ -96,7 +100,9 @@ class PixArtDiffusersLoader(io.ComfyNode):
                 io.Combo.Input("t5_device", options=["default", "cpu"], default="default",
                                tooltip="'cpu' keeps T5 off the GPU."),
             ],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+            outputs=[io.Model.Output(tooltip="The repo's transformer."),
+                     io.Clip.Output(tooltip="The repo's T5 text encoder."),
+                     io.Vae.Output(tooltip="The repo's VAE.")],
         )
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..pixart.caption import EOS_ID, CaptionTokenizer
+from . import host
 
 
 def _count(tokens: dict) -> int:
@@ -33,8 +34,9 @@ def encode(clip, text: str):
 class PixArtTextEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtTextEncode",
+            search_aliases=["T5", "prompt", "CLIPTextEncode", "text encode", "conditioning", "pixart"],
             display_name="PixArt Text Encode",
             category="PixArt/conditioning",
             description="Encodes a prompt with the PixArt T5 CLIP; the conditioning carries the attention mask. "
@@ -44,7 +46,7 @@ class PixArtTextEncode(io.ComfyNode):
                 io.String.Input("text", multiline=True, dynamic_prompts=True,
                                 tooltip="The prompt. Supports (word:1.2) weights and embedding:name."),
             ],
-            outputs=[io.Conditioning.Output()],
+            outputs=[io.Conditioning.Output(tooltip="The T5 embedding of the prompt with its attention mask.")],
         )
 
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import comfy.patcher_extension
 from comfy_api.latest import io
 
+from . import host
 from .dit_model import pixart_dit
 
 STAGES_KEY = "pixart_two_stage"
@@ -53,8 +54,9 @@ def two_stage_model(stage_one, stage_two, switch_timestep: int):
 class PixArtTwoStage(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtTwoStage",
+            search_aliases=["experts", "900M", "stage 2", "refiner", "pixart"],
             display_name="PixArt Two-Stage Experts",
             category="PixArt/sampling",
             description="Combines a stage-1 and a stage-2 PixArt MODEL (e.g. the 900M PixArt-Σ expert pair) into one "
@@ -67,7 +69,7 @@ class PixArtTwoStage(io.ComfyNode):
                              tooltip="Stage 2 runs the timesteps below this (of 1000); the published 900M pair is "
                                      "trained for 400."),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="One MODEL that runs stage 1 above the switch timestep and stage 2 below it.")],
         )
 
     @classmethod

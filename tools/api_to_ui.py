@@ -1,5 +1,7 @@
 """Turn API-format workflows into UI-format ones (what ComfyUI's template browser and 'Open' load), using a
-running ComfyUI's /object_info for each node's widgets, sockets and outputs.
+running ComfyUI's /object_info for each node's widgets, sockets and outputs. Every node whose widgets select a published
+model file declares it (name, download URL, folder) in `properties.models` from tools/published_models.py, so the
+frontend lists the files an install lacks with download buttons.
 
     python tools/api_to_ui.py --server http://127.0.0.1:8188 example_workflows/api/*.json --out example_workflows
 """
@@ -8,7 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from published_models import DIFFUSERS_PREFIX, REPOS, declarations  # noqa: E402
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -40,6 +46,15 @@ def _columns(prompt: dict) -> dict[str, int]:
     for node_id in prompt:
         depth(node_id)
     return column
+
+
+def _declared_models(widgets: list) -> list[dict]:
+    """properties.models of a node: its published files; a diffusers folder must be a listed repository."""
+    for value in widgets:
+        if isinstance(value, str) and value.startswith(DIFFUSERS_PREFIX) and value not in REPOS:
+            raise KeyError(f"{value!r} is neither a published file nor a listed diffusers repository "
+                           "(tools/published_models.py)")
+    return declarations(widgets)
 
 
 def api_to_ui(prompt: dict, object_info: dict) -> dict:
@@ -77,10 +92,13 @@ def api_to_ui(prompt: dict, object_info: dict) -> dict:
                     widgets.append("fixed")
             elif value is None:
                 sockets.append({"name": name, "type": kind, "link": None})
+        properties = {"Node name for S&R": node["class_type"]}
+        models = _declared_models(widgets)
+        if models:
+            properties["models"] = models
         nodes.append({"id": ids[node_id], "type": node["class_type"], "pos": [60 + col * 380, 60 + row * 260],
                       "size": [340, 200], "flags": {}, "order": order, "mode": 0, "inputs": sockets,
-                      "outputs": outputs[ids[node_id]], "properties": {"Node name for S&R": node["class_type"]},
-                      "widgets_values": widgets})
+                      "outputs": outputs[ids[node_id]], "properties": properties, "widgets_values": widgets})
     return {"last_node_id": max(ids.values()), "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
             "config": {}, "extra": {}, "version": 0.4}
 
