@@ -133,13 +133,14 @@ def load_pixart_controlnet(path: str, weight_dtype: str = "default") -> PixArtCo
 class PixArtControlNetLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return host.schema(
             node_id="PixArtControlNetLoader",
             display_name="PixArt ControlNet Loader",
             category="PixArt/loaders",
             description="Loads a PixArt ControlNet (PixArt-δ ControlNet-Transformer: the official PixArt-XL-2-*-"
                         "ControlNet.pth or a diffusers PixArtControlNetAdapterModel file) for core Apply ControlNet. "
                         "Connect a VAE to the apply node: the hint image is VAE-encoded.",
+            search_aliases=["ControlNet", "control net", "ControlNetLoader", "HED", "PixArt-δ", "pixart"],
             inputs=[
                 io.Combo.Input("control_net_name", options=model_files.choices("controlnet", "controlnet"),
                                tooltip="A PixArt ControlNet from models/controlnet, e.g. PixArt-XL-2-1024-ControlNet.pth "
@@ -147,7 +148,8 @@ class PixArtControlNetLoader(io.ComfyNode):
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
                                tooltip="Storage dtype of the ControlNet weights, as in the PixArt DiT Loader."),
             ],
-            outputs=[io.ControlNet.Output()],
+            outputs=[io.ControlNet.Output(tooltip="The ControlNet for core Apply ControlNet, with the VAE connected "
+                                                  "there; works with PixArt Sampler, KSampler or any sampler node.")],
         )
 
     @classmethod

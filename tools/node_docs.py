@@ -30,7 +30,7 @@ END_MARK = "<!-- end of generated part; written by hand from here -->"
 RECIPE_HEADING = "## Recipe for the best result"
 # Which published files a node's help links: the model folders its inputs read (core VAELoader feeds the decode)
 MODEL_FOLDERS = {"PixArtT5Loader": ("text_encoders",), "PixArtDiTLoader": ("diffusion_models",),
-                 "PixArtVAEDecode": ("vae",)}
+                 "PixArtVAEDecode": ("vae",), "PixArtControlNetLoader": ("controlnet",)}
 REPO_NODES = ("PixArtDiffusersLoader", "PixArtDiTLoader", "PixArtT5Loader")
 
 

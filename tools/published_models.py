@@ -6,7 +6,7 @@ example's loader values are declared here.
 Sources (file names as published on Hugging Face):
 - PixArt-Σ original checkpoints: PixArt-alpha/PixArt-Sigma (the PixArt-sigma repo's tools/download.py fetches them
   from there; diffusers' PixArtTransformer2DModel.from_single_file docs use PixArt-Sigma-XL-2-1024-MS.pth).
-- PixArt-α original checkpoints: PixArt-alpha/PixArt-alpha.
+- PixArt-α original checkpoints: PixArt-alpha/PixArt-alpha; its HED ControlNet (PixArt-δ): PixArt-alpha/PixArt-ControlNet.
 - T5-v1.1-XXL encoder as one file: comfyanonymous/flux_text_encoders (t5xxl_fp16.safetensors, 9.79 GB).
 - VAEs: stabilityai/sdxl-vae for PixArt-Σ (SDXL latents), stabilityai/sd-vae-ft-mse-original for PixArt-α.
 No hash is declared: the publishers give none beside the files that this table could cite.
@@ -56,6 +56,7 @@ FILES = {f.name: f for f in (
     ModelFile("PixArt-Sigma-XL-2-2K-MS.pth", "PixArt-alpha/PixArt-Sigma", "diffusion_models"),
     ModelFile("PixArt-XL-2-1024-MS.pth", "PixArt-alpha/PixArt-alpha", "diffusion_models"),
     ModelFile("PixArt-XL-2-512x512.pth", "PixArt-alpha/PixArt-alpha", "diffusion_models"),
+    ModelFile("PixArt-XL-2-1024-ControlNet.pth", "PixArt-alpha/PixArt-ControlNet", "controlnet"),
     ModelFile("t5xxl_fp16.safetensors", "comfyanonymous/flux_text_encoders", "text_encoders"),
     ModelFile("sdxl_vae.safetensors", "stabilityai/sdxl-vae", "vae"),
     ModelFile("vae-ft-mse-840000-ema-pruned.safetensors", "stabilityai/sd-vae-ft-mse-original", "vae"),

@@ -2,9 +2,9 @@
 what a new user sees. Every example workflow opened on a server whose models folder is empty lists exactly its
 published files, with their folders, and each Download button fetches the file's Hugging Face URL; on a server that
 has those files (empty placeholders under the right names), nothing is reported missing. Every PixArt node's help
-opens in the Info tab and names every input; searching the node library for 'T5', 'sampler' and 'pixart' shows the
-matching PixArt nodes. Frontends without these panels (the 1.27 that ComfyUI 0.3.64 pins) are skipped with the
-reason; set COMFYUI_FRONTEND_ROOT to comfyui-frontend-package 1.58.1's static folder."""
+opens in the Info tab and names every input; searching the node library for 'T5', 'sampler', 'pixart' and
+'ControlNet' shows the matching PixArt nodes. Frontends without these panels (the 1.27 that ComfyUI 0.3.64 pins)
+are skipped with the reason; set COMFYUI_FRONTEND_ROOT to comfyui-frontend-package 1.58.1's static folder."""
 import json
 import os
 import re
@@ -25,7 +25,7 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EXAMPLES = sorted(f for f in os.listdir(os.path.join(ROOT, "example_workflows")) if f.endswith(".json"))
 FOLDERS = ("diffusion_models", "text_encoders", "vae", "diffusers", "controlnet", "checkpoints", "loras")
-SEARCHES = ("T5", "sampler", "pixart")
+SEARCHES = ("T5", "sampler", "pixart", "ControlNet")
 
 
 def _base(tmp_path_factory, name: str, placeholders: bool) -> str:
