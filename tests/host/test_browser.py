@@ -119,8 +119,8 @@ def _status_text(page, node_id: int, name: str, contains: str, timeout: float = 
     element = _status(page, node_id, name, contains)
     assert element.is_visible(), f"{name} status is not visible in {page.mode} mode"
     box = element.bounding_box()
-    scale = page.evaluate("() => app.canvas.ds.scale")  # a large example is fitted to the view, zoomed out
-    assert box and box["width"] / scale > 20 and box["height"] / scale > 8, (box, scale)
+    scale = min(1.0, page.evaluate("() => app.canvas.ds?.scale ?? 1"))  # DOM widgets shrink with the canvas zoom
+    assert box and box["width"] > 20 * scale and box["height"] > 8 * scale, (box, scale)
     return page.evaluate("(el) => el.value ?? el.innerText", element)
 
 
@@ -251,7 +251,11 @@ def test_example_workflow_loads_without_missing_nodes(server, page, name):
         {k: (v["class_type"], v["inputs"]) for k, v in api.items()}
     page.wait_for_timeout(500)
     visible = page.evaluate("() => document.body.innerText.toLowerCase()")
-    assert "missing node" not in visible and "not found" not in visible
+    assert "missing node" not in visible and "node types were not found" not in visible
+    if "models were not found" in visible:  # older frontends' Missing Models dialog: the example's declared files
+        declared = {m["name"].lower() for node in workflow["nodes"] for m in node["properties"].get("models", [])}
+        assert declared and all(name in visible for name in declared), (declared, visible)
+        page.keyboard.press("Escape")
     for node in workflow["nodes"]:
         if node["type"] == "PixArtTextEncode":
             assert re.fullmatch(r"\d+/(300|120) tokens", _status_text(page, node["id"], "tokens", " tokens"))
