@@ -8,7 +8,7 @@ import torch
 from ..config import DiTConfig
 from .detect import detect_config
 from .errors import CheckpointError
-from .files import LoadedTensors, read_checkpoint
+from .files import LoadedTensors, read_checkpoint, stored_dtype
 from .layouts import IGNORED_ORIGINAL, to_internal
 from .quantization import quantization_layout
 
@@ -32,12 +32,7 @@ class DiTWeights:
         self.quantization = quantization_layout(state_dict, self.metadata)
 
     def stored_dtype(self) -> torch.dtype:
-        """The floating-point dtype that holds most of the weights (what the file was saved in)."""
-        counts: dict[torch.dtype, int] = {}
-        for tensor in self.state_dict.values():
-            if tensor.is_floating_point():
-                counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
-        return max(counts, key=counts.get) if counts else torch.float32
+        return stored_dtype(self.state_dict)
 
 
 def read_dit_weights(path: str) -> DiTWeights:

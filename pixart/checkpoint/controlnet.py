@@ -21,7 +21,7 @@ import torch
 from ..config import HEAD_DIM, DiTConfig
 from .detect import detect_config
 from .errors import CheckpointError
-from .files import read_checkpoint
+from .files import read_checkpoint, stored_dtype
 from .layouts import IGNORED_ORIGINAL, describe_lookalike, diffusers_to_internal, to_internal
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,7 @@ class ControlNetWeights:
         self.source = source
 
     def stored_dtype(self) -> torch.dtype:
-        counts: dict[torch.dtype, int] = {}
-        for tensor in self.state_dict.values():
-            if tensor.is_floating_point():
-                counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
-        return max(counts, key=counts.get) if counts else torch.float32
+        return stored_dtype(self.state_dict)
 
 
 def _find(keys, anchor: str) -> str | None:

@@ -37,6 +37,15 @@ class LoadedTensors:
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors header metadata (e.g. quantization)
 
 
+def stored_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype:
+    """The floating-point dtype that holds most of the weights (what the file was saved in)."""
+    counts: dict[torch.dtype, int] = {}
+    for tensor in state_dict.values():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
 def read_tensor_metadata(path: str) -> dict[str, str]:
     """The string metadata in a .safetensors header (empty for pickles and files without any)."""
     if not path.lower().endswith(SAFETENSORS_EXT):
