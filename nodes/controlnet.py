@@ -20,7 +20,6 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from ..pixart.checkpoint.controlnet import read_controlnet_weights
-from ..pixart.config import ALPHA
 from ..pixart.controlnet import ControlInput, ControlNetConfig, PixArtControlNet
 from ..pixart.dit import PixArtDiT
 from . import host, model_files
@@ -117,8 +116,6 @@ def load_controlnet_patcher(path: str, weight_dtype: str = "default", disable_dy
     """A PixArt ControlNet file -> the host's patcher around PixArtControlModel, weights loaded completely."""
     weights = read_controlnet_weights(path)
     model_config = PixArtControlNetModelConfig({"control_config": weights.config})
-    if weights.config.base is not None and weights.config.base.family != ALPHA:
-        model_config.latent_format = comfy.latent_formats.SDXL()
     patcher = host_model(model_config, weights.state_dict, host.HostQuantization(), weights.stored_dtype(), weight_dtype,
                          weights.source, weights.config.describe(), disable_dynamic)
     patcher.cached_patcher_init = (load_controlnet_patcher, (path, weight_dtype))

@@ -158,7 +158,7 @@ def host_model(model_config, state_dict: dict, quantization: host.HostQuantizati
                source: str, describe: str, disable_dynamic: bool = False):
     """Build `model_config`'s model and load `state_dict` into the host's patcher the way its own diffusion-model loader
     does, letting ComfyUI choose compute dtype, casting ops, devices and offloading; the chosen storage dtype is what
-    every layer holds. Weights that do not fit are a CheckpointError naming `source`. -> (patcher, storage dtype)"""
+    every layer holds. Weights that do not fit are a CheckpointError naming `source`. -> the patcher"""
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype '{weight_dtype}' is unknown; choose one of: {', '.join(WEIGHT_DTYPES)}.")
     options = WEIGHT_DTYPES[weight_dtype]
