@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .kv_compress import KVCompress, compress_tokens
+from .patches import AttentionPatch, BlockPatches, attend
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -35,14 +36,19 @@ class SelfAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int], attention, compress: KVCompress | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], attention, compress: KVCompress | None,
+                patch: AttentionPatch | None = None) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (B, N, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if compress is not None:
-            k = compress_tokens(k, grid, compress.ratio, compress.mode, self.sr, self.norm)  # (B, N', D)
-            v = compress_tokens(v, grid, compress.ratio, compress.mode, self.sr, self.norm)
-        return self.proj(attention(q, k, v, self.heads))
+
+        def compressed_attention(q, k, v, mask):
+            if compress is not None:
+                k = compress_tokens(k, grid, compress.ratio, compress.mode, self.sr, self.norm)  # (B, N', D)
+                v = compress_tokens(v, grid, compress.ratio, compress.mode, self.sr, self.norm)
+            return attention(q, k, v, self.heads)
+
+        return self.proj(attend(patch, q, k, v, None, compressed_attention))  # (B, N, D)
 
 
 class CrossAttention(nn.Module):
@@ -58,9 +64,10 @@ class CrossAttention(nn.Module):
         self.proj = operations.Linear(dim, dim, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context_bias: torch.Tensor | None,
-                attention) -> torch.Tensor:
+                attention, patch: AttentionPatch | None = None) -> torch.Tensor:
         # x (B, N, D); key, value (B, L, D) from kv_linear; context_bias (B, 1, 1, L) additive
-        return self.proj(attention(self.q_linear(x), key, value, self.heads, mask=context_bias))
+        return self.proj(attend(patch, self.q_linear(x), key, value, context_bias,
+                                lambda q, k, v, mask: attention(q, k, v, self.heads, mask=mask)))
 
 
 class Mlp(nn.Module):
@@ -89,13 +96,18 @@ class PixArtBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.empty(6, dim, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor, key: torch.Tensor, value: torch.Tensor, context_bias: torch.Tensor | None,
-                t_mod: torch.Tensor, grid: tuple[int, int], attention, compress: KVCompress | None) -> torch.Tensor:
-        # x (B, N, D); t_mod (B, 6*D) from t_block
+                t_mod: torch.Tensor, grid: tuple[int, int], attention, compress: KVCompress | None,
+                patches: BlockPatches | None = None) -> torch.Tensor:
+        # x (B, N, D); t_mod (B, 6*D) from t_block; patches: pixart.patches (its replace is the DiT's business)
+        self_patch = cross_patch = None
+        if patches is not None:
+            attention = patches.attention or attention
+            self_patch, cross_patch = patches.self_attention, patches.cross_attention
         table = self.scale_shift_table[None].to(dtype=x.dtype, device=x.device)  # (1, 6, D)
         mods = table + t_mod.reshape(x.shape[0], 6, -1)  # (B, 6, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)  # 6 x (B, 1, D)
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid, attention, compress)
-        x = x + self.cross_attn(x, key, value, context_bias, attention)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid, attention, compress, self_patch)
+        x = x + self.cross_attn(x, key, value, context_bias, attention, cross_patch)
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 

@@ -5,7 +5,9 @@ from an injected function, so the same module runs in plain torch and under Comf
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from .config import DiTConfig
 from .controlnet import ControlBranch, ControlInput
 from .embeddings import CaptionProjection, PatchEmbed, SizeEmbedder, TimestepEmbedder, sincos_pos_embed_2d
 from .kv_compress import KVCompress, KVCompressError
+from .patches import BlockPatches
 
 
 @dataclass
@@ -100,7 +103,8 @@ class PixArtDiT(nn.Module):
                 context_mask: torch.Tensor | None = None, c_size: torch.Tensor | None = None,
                 c_ar: torch.Tensor | None = None, kv_compress: KVCompress | None = None,
                 attention=None, caption: EncodedCaption | None = None,
-                control: list[ControlInput] | None = None) -> torch.Tensor:
+                control: list[ControlInput] | None = None,
+                block_patches: Callable[[int], BlockPatches | None] | None = None) -> torch.Tensor:
         """Predict epsilon (and learned variance) for a noisy latent.
 
         x: (B, C, H, W) latent; timestep: (B,) in [0, 1000); context: (B, L, caption_channels) T5 features;
@@ -109,6 +113,8 @@ class PixArtDiT(nn.Module):
         caption: the output of encode_caption for this context, to skip encoding it again (context is then unused).
         control: ControlNets to run beside the blocks (pixart.controlnet); their copied blocks compress K/V where the
         base block of the same index does.
+        block_patches: index -> pixart.patches.BlockPatches for that block (None: as it is); the ControlNets' copied
+        blocks are not patched.
         Returns (B, out_channels, H, W).
         """
         cfg = self.config
@@ -154,7 +160,13 @@ class PixArtDiT(nn.Module):
                     if residual is not None:
                         tokens = tokens + residual
             layer_compress = compress if compress is not None and compress.applies_to(index) else None
-            tokens = block(tokens, key, value, caption.bias, t_mod, grid, attention, layer_compress)
+            patches = block_patches(index) if block_patches is not None else None
+            if patches is not None and patches.replace is not None:
+                run = partial(block, key=key, value=value, context_bias=caption.bias, t_mod=t_mod, grid=grid,
+                              attention=attention, compress=layer_compress, patches=patches)
+                tokens = patches.replace(tokens, run, t_mod, (key, value, caption.bias))
+            else:
+                tokens = block(tokens, key, value, caption.bias, t_mod, grid, attention, layer_compress, patches)
 
         out = self.final_layer(tokens, t_emb)  # (B, N, p*p*C_out)
         return self.unpatchify(out, grid)[:, :, :height, :width]

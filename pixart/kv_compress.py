@@ -12,6 +12,7 @@ window holds, conv sees edge tokens repeated (replicate padding).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -119,3 +120,27 @@ def compress_tokens(tokens: torch.Tensor, grid: tuple[int, int], ratio: int, mod
     if mode == "conv":
         out = norm(out)
     return out
+
+
+def compressed_steps(fraction: float, steps: int) -> int:
+    """How many steps, from the first, run compressed: kv_steps of the steps run, rounded up (any fraction above 0
+    compresses at least one step)."""
+    if fraction >= 1.0:
+        return steps
+    if fraction <= 0.0:
+        return 0
+    return min(steps, math.ceil(fraction * steps - 1e-9))
+
+
+def in_compressed_steps(level: float, run_levels: list[float], fraction: float) -> bool:
+    """Whether a model call at noise level `level` falls within the compressed steps of a run whose steps go from
+    run_levels[i] to run_levels[i + 1] (decreasing). A call belongs to the step it starts or lies inside, so the
+    intermediate calls of multistage samplers count with their step."""
+    steps = len(run_levels) - 1
+    count = compressed_steps(fraction, steps)
+    if count >= steps:
+        return True
+    if count == 0:
+        return False
+    boundary = run_levels[count]  # the level where the first uncompressed step starts
+    return level > boundary and not math.isclose(level, boundary, rel_tol=1e-4, abs_tol=1e-7)

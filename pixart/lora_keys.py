@@ -49,3 +49,35 @@ def lora_key_map(depth: int, hidden_size: int, weights: Iterable[str]) -> dict[s
             for alias in (module, COMFY_PREFIX + module, KOHYA_PREFIX + module.replace(".", "_")):
                 key_map.setdefault(alias, (weight, None))
     return key_map
+
+
+def common_module_names(depth: int, hidden_size: int, weights: Iterable[str]) -> dict[str, str]:
+    """Every LoRA module name of the supported layouts -> the one name for its target that LoRA readers keyed on
+    ComfyUI's and diffusers' PixArt names understand: `diffusion_model.<our module>` for a whole weight,
+    `transformer.<diffusers module>` for a row slice of a fused projection (q, k, v)."""
+    sliced = {target: name for name, target in diffusers_targets(depth, hidden_size).items() if target[1] is not None}
+    names = {}
+    for alias, target in lora_key_map(depth, hidden_size, weights).items():
+        if target[1] is None:
+            names[alias] = COMFY_PREFIX + target[0][: -len(".weight")]
+        else:
+            names[alias] = DIFFUSERS_PREFIXES[0] + sliced[target]
+    return names
+
+
+def rename_lora(state_dict: dict, module_names: dict[str, str]) -> tuple[dict, list[str]]:
+    """A LoRA file's tensors with each key's module part (the longest known module name it starts with, followed by
+    the adapter's own suffix: .lora_down.weight, .hada_w1_a, .alpha, ...) replaced by its common name;
+    -> (renamed state dict, keys whose module is not a PixArt layer, left as they are)."""
+    renamed, unknown = {}, []
+    for key, tensor in state_dict.items():
+        parts = key.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module = ".".join(parts[:cut])
+            if module in module_names:
+                renamed[".".join([module_names[module], *parts[cut:]])] = tensor
+                break
+        else:
+            renamed[key] = tensor
+            unknown.append(key)
+    return renamed, unknown

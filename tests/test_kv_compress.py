@@ -6,7 +6,7 @@ from torch import nn
 
 from pixart_sigma_nodes.pixart import KVCompress, KVCompressError, load_dit, parse_layers
 from pixart_sigma_nodes.pixart.attention import sdpa_attention
-from pixart_sigma_nodes.pixart.kv_compress import compress_tokens, default_layers
+from pixart_sigma_nodes.pixart.kv_compress import compress_tokens, compressed_steps, default_layers, in_compressed_steps
 
 
 def _inputs(height, width, tokens=300, seed=0):
@@ -165,3 +165,22 @@ def test_bad_settings():
         KVCompress(2, frozenset({0}), "bilinear")
     with pytest.raises(KVCompressError, match="must be 1"):
         KVCompress(0, frozenset({0}), "avg")
+
+
+@pytest.mark.parametrize("fraction, steps, expected", [
+    (0.5, 10, 5), (0.3, 10, 3), (0.7, 10, 7), (0.05, 20, 1), (0.01, 5, 1), (0.5, 5, 3), (0.0, 10, 0), (1.0, 10, 10),
+    (0.99, 20, 20)])
+def test_kv_steps_counts_the_steps_run_rounded_up(fraction, steps, expected):
+    assert compressed_steps(fraction, steps) == expected
+
+
+def test_kv_steps_follow_the_run_not_the_schedule():
+    """A call counts with the step it starts or lies inside (the intermediate calls of multistage samplers), against
+    the noise levels of the steps actually run, whatever their spacing."""
+    run = [14.6, 8.0, 4.1, 2.0, 0.9, 0.0]  # 5 steps
+    assert [in_compressed_steps(level, run, 0.4) for level in run[:-1]] == [True, True, False, False, False]
+    assert in_compressed_steps(5.5, run, 0.4)  # between the 2nd step's ends: inside a compressed step
+    assert not in_compressed_steps(3.0, run, 0.4)
+    assert not in_compressed_steps(4.1 * (1 + 1e-6), run, 0.4)  # the 3rd step's own start, up to float rounding
+    assert all(in_compressed_steps(level, run, 1.0) for level in run)
+    assert not any(in_compressed_steps(level, run, 0.0) for level in run)

@@ -5,7 +5,7 @@ import torch
 
 from lora_fixtures import ALL_TARGETS, onetrainer_layout, peft_lora
 from pixart_sigma_nodes.pixart import load_dit
-from pixart_sigma_nodes.pixart.lora_keys import lora_key_map
+from pixart_sigma_nodes.pixart.lora_keys import common_module_names, lora_key_map, rename_lora
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,29 @@ def test_onetrainer_names(sigma_ckpt, mapping):
     converted = onetrainer_layout(state, 4)
     modules = {key.split(".")[0] for key in converted}  # lora_transformer_transformer_blocks_0_attn1_to_q
     assert len(modules) == len(_modules(state)) and all(module in key_map for module in modules)
+
+
+def test_every_layout_renamed_to_names_core_reads(sigma_ckpt, mapping):
+    """OneTrainer / unprefixed PEFT / original names -> `diffusion_model.<module>` for whole weights and
+    `transformer.transformer_blocks.N.attn{1,2}.to_{q,k,v}` for fused rows; adapter suffixes kept; unknown keys listed."""
+    key_map, weights = mapping
+    names = common_module_names(2, 144, weights)
+    _, state = peft_lora(sigma_ckpt.model, ALL_TARGETS)
+    onetrainer = onetrainer_layout(state, 4)
+    renamed, unknown = rename_lora({**onetrainer, "lora_transformer_nothing.alpha": torch.tensor(1.0)}, names)
+    assert unknown == ["lora_transformer_nothing.alpha"]
+    assert renamed["transformer.transformer_blocks.1.attn1.to_k.lora_down.weight"] is onetrainer[
+        "lora_transformer_transformer_blocks_1_attn1_to_k.lora_down.weight"]
+    assert "diffusion_model.blocks.0.mlp.fc2.alpha" in renamed
+    assert "diffusion_model.t_block.1.lora_up.weight" in renamed
+    for key in renamed:
+        module = key.rsplit(".", 2)[0] if key.endswith(".weight") else key.rsplit(".", 1)[0]
+        if key in unknown:
+            continue
+        assert module.startswith("diffusion_model.") or module.startswith("transformer.transformer_blocks."), key
+        target = key_map[module] if module in key_map else None
+        assert target is not None, key
+    bare = rename_lora({"blocks.0.attn.proj.hada_w1_a": torch.zeros(1), "transformer_blocks.0.attn2.to_v.lora_A.weight":
+                        torch.zeros(1)}, names)[0]
+    assert set(bare) == {"diffusion_model.blocks.0.attn.proj.hada_w1_a",
+                         "transformer.transformer_blocks.0.attn2.to_v.lora_A.weight"}
