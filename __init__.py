@@ -3,7 +3,6 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
-    from .nodes.extension import PixArtExtension, install_host_hooks
+    from .nodes.extension import PixArtExtension
 
-    install_host_hooks()
     return PixArtExtension()

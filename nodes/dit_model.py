@@ -12,6 +12,7 @@ import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.supported_models_base
 import torch
 
@@ -19,15 +20,16 @@ from ..pixart.checkpoint import CheckpointError, DiTWeights, read_dit_weights
 from ..pixart.checkpoint.quantization import is_quantization_key
 from ..pixart.config import ALPHA, DiTConfig
 from ..pixart.dit import PixArtDiT
-from . import caption_cache, host
+from ..pixart.kv_compress import in_compressed_steps
+from . import caption_cache, host, patch_points
 from .attention import attention_for
 
 log = logging.getLogger(__name__)
 
-# transformer_options keys: a pixart.kv_compress.KVCompress for the run, and the lowest sigma it applies at
-# (compression only while the current sigma is at or above it; 0 = every step).
+# transformer_options keys: a pixart.kv_compress.KVCompress for the run, and the fraction of the steps run, from the
+# first, that it applies to (1.0 = every step).
 KV_COMPRESS_OPTION = "pixart_kv_compress"
-KV_MIN_SIGMA_OPTION = "pixart_kv_min_sigma"
+KV_STEPS_OPTION = "pixart_kv_steps"
 
 # The `control` dict ComfyUI passes to the diffusion model: UNet ControlNets fill these lists with residuals; PixArt
 # ControlNets (nodes/controlnet.py) put pixart.controlnet.ControlInputs under PIXART_CONTROL.
@@ -48,26 +50,41 @@ def pixart_dit(model, needed_for: str = "KV compression and the learned null cap
 
 
 class ComfyPixArtDiT(PixArtDiT):
-    """PixArtDiT with ComfyUI's diffusion_model call signature and attention dispatch."""
+    """PixArtDiT with ComfyUI's diffusion_model call: the host's DIFFUSION_MODEL wrappers around each call (EasyCache and
+    the like), its attention dispatch, its patch points per block (nodes/patch_points.py), the run's caption cache and
+    KV compression, PixArt ControlNets from the control dict."""
 
-    def __init__(self, dit_config: DiTConfig, dtype=None, device=None, operations=None):
+    def __init__(self, dit_config: DiTConfig, dtype=None, device=None, operations=None, **unet_config):
+        # unet_config's other entries (depth, hidden_size) describe the model to the host's LoRA key map
         super().__init__(dit_config, operations=operations, dtype=dtype, device=device)
         self.dtype = dtype
 
-    def forward(self, x, timesteps, context, attention_mask=None, c_size=None, c_ar=None,
-                transformer_options=None, control=None, **kwargs):
-        options = transformer_options or {}
+    def forward(self, x, timesteps, context, attention_mask=None, c_size=None, c_ar=None, control=None,
+                transformer_options=None, **kwargs):
+        options = transformer_options if transformer_options is not None else {}
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, options)
+        executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers)
+        # transformer_options last among the positional arguments, where core's wrappers (EasyCache) look for it
+        return executor.execute(x, timesteps, context, attention_mask, c_size, c_ar, control, options, **kwargs)
+
+    def _forward(self, x, timesteps, context, attention_mask, c_size, c_ar, control, options, **kwargs):
+        # x (B, C, H, W); timesteps (B,); context (B, L, caption_channels); attention_mask (B, L)
         attention_function = attention_for(x.device)
 
-        def attention(q, k, v, heads, mask=None):
-            return attention_function(q, k, v, heads, mask=mask, transformer_options=options)
+        def attention_with(block_options):
+            def attention(q, k, v, heads, mask=None):
+                return attention_function(q, k, v, heads, mask=mask, transformer_options=block_options)
+            return attention
 
+        config = self.config
+        block_patches = patch_points.block_patches_for(options, attention_with, config.depth, config.num_heads,
+                                                       config.hidden_size // config.num_heads)
         caption = caption_cache.encode_caption(self, options, context, attention_mask, x.dtype)
-        out = super().forward(x, timesteps, None, c_size=c_size, c_ar=c_ar, kv_compress=_kv_for_step(options),
-                              attention=attention, caption=caption,
-                              control=self._control_inputs(control, context, attention_mask, x.dtype))
-        return out[:, : self.config.in_channels]  # epsilon; the learned-variance channels are not used
-
+        out = super().forward(x, timesteps, None, c_size=c_size, c_ar=c_ar, kv_compress=kv_for_call(options),
+                              attention=attention_with(options), caption=caption,
+                              control=self._control_inputs(control, context, attention_mask, x.dtype),
+                              block_patches=block_patches)
+        return out[:, : config.in_channels]  # epsilon; the learned-variance channels are not used
 
     def _control_inputs(self, control: dict | None, context, attention_mask, dtype) -> list | None:
         """The PixArt ControlNets in ComfyUI's control dict, with their copied blocks' captions encoded: at every step, not
@@ -81,21 +98,33 @@ class ComfyPixArtDiT(PixArtDiT):
         return [replace(item, caption=item.net.encode_caption(self, context, attention_mask, dtype)) for item in inputs]
 
 
-def _kv_for_step(options: dict):
+def kv_for_call(options: dict):
+    """The run's KV compression setting if this model call lies within its compressed steps, else None."""
     compress = options.get(KV_COMPRESS_OPTION)
     if compress is None:
         return None
-    sigmas = options.get("sigmas")
-    if sigmas is not None and float(sigmas.max()) < options.get(KV_MIN_SIGMA_OPTION, 0.0):
-        return None
-    return compress
+    sigmas, run = options.get("sigmas"), options.get("sample_sigmas")
+    if sigmas is None or run is None:  # called outside a sampling run: the setting holds
+        return compress
+    fraction = options.get(KV_STEPS_OPTION, 1.0)
+    return compress if in_compressed_steps(float(sigmas.max()), run.tolist(), fraction) else None
 
 
-class PixArtModel(comfy.model_base.BaseModel):
-    """Our DiT as a ComfyUI model: epsilon prediction, the host's operations and model sampling."""
+class _PackNetwork(comfy.model_base.BaseModel):
+    """Hands BaseModel this pack's DiT as the network to build, in place of the one the class before it in the MRO
+    names (core's PixArt passes its own PixArtMS up through super().__init__)."""
+
+    def __init__(self, model_config, model_type, device=None, unet_model=None):
+        super().__init__(model_config, model_type, device=device, unet_model=ComfyPixArtDiT)
+
+
+class PixArtModel(comfy.model_base.PixArt, _PackNetwork):
+    """Our DiT as a ComfyUI model: to the host it is a PixArt model (core's PixArt class runs its own __init__ and
+    extra_conds, and core's LoRA key map for PixArt applies: diffusers and PEFT names, fused q/k/v slices), epsilon
+    prediction, built on the host's operations and model sampling; the network is this pack's (_PackNetwork)."""
 
     def __init__(self, model_config, device=None):
-        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device, unet_model=ComfyPixArtDiT)
+        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device)
 
     def memory_required(self, input_shape, cond_shapes=None):
         """ComfyUI's activation estimate plus the encoded caption: every block's keys and values for this batch,
@@ -109,18 +138,10 @@ class PixArtModel(comfy.model_base.BaseModel):
         return super().memory_required(input_shape, cond_shapes=cond_shapes) + 2 * table
 
     def extra_conds(self, **kwargs):
-        out = super().extra_conds(**kwargs)
-        cross_attn = kwargs.get("cross_attn")
-        if cross_attn is not None:
-            # Regular (not CrossAttn) conds are never padded by repetition, which would break the mask.
-            out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
-        mask = kwargs.get("attention_mask")
+        out = super().extra_conds(**kwargs)  # core PixArt's: the caption, CLIPTextEncodePixArtAlpha's micro-conditions
+        cross_attn, mask = kwargs.get("cross_attn"), kwargs.get("attention_mask")
         if mask is not None and cross_attn is not None and mask.shape[-1] == cross_attn.shape[1]:
             out["attention_mask"] = comfy.conds.CONDRegular(mask)
-        width, height = kwargs.get("width"), kwargs.get("height")
-        if width is not None and height is not None:  # core CLIPTextEncodePixArtAlpha's micro-conditions
-            out["c_size"] = comfy.conds.CONDRegular(torch.FloatTensor([[height, width]]))
-            out["c_ar"] = comfy.conds.CONDRegular(torch.FloatTensor([[kwargs.get("aspect_ratio", height / width)]]))
         return out
 
 
@@ -194,7 +215,9 @@ def build_patcher(weights: DiTWeights, weight_dtype: str = "default", disable_dy
     state_dict, quantization = host.host_quantization(weights.state_dict, weights.metadata, weights.quantization,
                                                       weights.source)
     config_class = PixArtAlphaConfig if weights.config.family == ALPHA else PixArtSigmaConfig
-    model_config = config_class({"dit_config": weights.config})
+    # depth and hidden_size: what core's LoRA key map for PixArt reads from unet_config
+    model_config = config_class({"dit_config": weights.config, "depth": weights.config.depth,
+                                 "hidden_size": weights.config.hidden_size})
     stored_dtype = None if quantization.quantized else weights.stored_dtype()
     patcher = host_model(model_config, state_dict, quantization, stored_dtype, weight_dtype,
                          weights.source, weights.config.describe(), disable_dynamic)

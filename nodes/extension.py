@@ -1,4 +1,12 @@
-"""The pack's ComfyUI V3 extension: the list of nodes it registers."""
+"""The pack's ComfyUI V3 extension: what it adds to the host when it loads, and the nodes it registers.
+
+Additions the host has no registry for are made once, in on_load (ComfyUI calls it when the extension loads; hosts
+that do not call it get it from get_node_list, which runs next): the HTTP routes of the browser extension and the
+samplers and schedulers of the published checkpoints' recipes (README, "What the pack adds to ComfyUI"). Nothing of
+the host is replaced; other model families sample as before.
+"""
+import sys
+
 from comfy_api.latest import ComfyExtension, io
 
 from .compile_node import PixArtTorchCompile
@@ -6,35 +14,44 @@ from .controlnet import PixArtControlNetLoader
 from .kv_nodes import PixArtKVCompress, PixArtKVSampler
 from .latent_nodes import PixArtEmptyLatent, PixArtVAEDecode
 from .loaders import PixArtDiffusersLoader, PixArtDiTLoader, PixArtT5Loader
+from .lora import PixArtLoraLoader
+from .pag import PixArtPAG
 from .text_encode import PixArtTextEncode
 from .two_stage import PixArtTwoStage
 
-
-class PixArtExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [PixArtT5Loader, PixArtDiTLoader, PixArtDiffusersLoader, PixArtTextEncode, PixArtKVSampler,
-                PixArtKVCompress, PixArtTorchCompile, PixArtTwoStage, PixArtEmptyLatent, PixArtVAEDecode,
-                PixArtControlNetLoader]
+_added = False
 
 
 def register_sampling() -> None:
     """The PixArt schedulers and the published checkpoints' samplers in ComfyUI's lists (before node schemas are
-    built, which list them)."""
+    built, which list them); idempotent."""
     from . import samplers, scheduler
 
     scheduler.register()
     samplers.register()
 
 
-def install_host_hooks() -> None:
-    """Our HTTP routes, LoRA layouts, schedulers and samplers; called from comfy_entrypoint, before the server freezes
-    its routes."""
-    from server import PromptServer
+def add_to_host() -> None:
+    """Our routes, schedulers and samplers, once per process."""
+    global _added
+    if _added:
+        return
+    from . import routes
 
-    from . import lora, routes
-
-    lora.install()
     register_sampling()
+    # ComfyUI imports its server before it loads custom nodes; in-process uses without a server add no routes
+    prompt_server = getattr(sys.modules.get("server"), "PromptServer", None)
+    if getattr(prompt_server, "instance", None) is not None:
+        routes.register(prompt_server.instance)
+    _added = True
 
-    if getattr(PromptServer, "instance", None) is not None:
-        routes.register(PromptServer.instance)
+
+class PixArtExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        add_to_host()
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        add_to_host()  # a host that never calls on_load still gets the additions the nodes need, once
+        return [PixArtT5Loader, PixArtDiTLoader, PixArtDiffusersLoader, PixArtTextEncode, PixArtKVSampler,
+                PixArtKVCompress, PixArtPAG, PixArtLoraLoader, PixArtTorchCompile, PixArtTwoStage, PixArtEmptyLatent,
+                PixArtVAEDecode, PixArtControlNetLoader]

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import logging
 
-import comfy.sample
 import comfy.samplers
-import comfy.utils
-import latent_preview
 import torch
 from comfy_api.latest import io, ui
 
 from ..pixart.kv_compress import MODES, KVCompress, parse_layers
 from ..pixart.recipes import CUSTOM, RECIPE_CHOICES, RECIPES
 from . import host
-from .dit_model import KV_COMPRESS_OPTION, KV_MIN_SIGMA_OPTION, pixart_dit
+from .dit_model import KV_COMPRESS_OPTION, KV_STEPS_OPTION, pixart_dit
 from .scheduler import REFERENCE_SCHEDULER
 
 log = logging.getLogger(__name__)
@@ -57,7 +54,7 @@ def apply_kv(model, kv_compress: str, kv_layers: str, kv_mode: str, kv_steps: fl
     patched = model.clone()
     options = dict(patched.model_options.get("transformer_options", {}))
     options[KV_COMPRESS_OPTION] = setting
-    options[KV_MIN_SIGMA_OPTION] = float(model.get_model_object("model_sampling").percent_to_sigma(kv_steps))
+    options[KV_STEPS_OPTION] = float(kv_steps)
     patched.model_options = {**patched.model_options, "transformer_options": options}
     return patched
 
@@ -174,11 +171,9 @@ def recipe_settings(model, recipe: str, steps: int, cfg: float, sampler_name: st
 
 
 def sample(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent: dict, denoise: float) -> dict:
-    """ComfyUI's sampling path, as KSampler runs it: seeded CPU noise, noise masks, previews, progress bar."""
-    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-    callback = latent_preview.prepare_callback(model, steps)
-    samples = comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                                  denoise=denoise, noise_mask=latent.get("noise_mask"), callback=callback,
-                                  disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    return {**latent, "samples": samples}
+    """ComfyUI's sampling path, the one KSampler runs (nodes.common_ksampler): seeded CPU noise, the latent's channel
+    and downscale fixes, noise masks, previews, progress bar."""
+    import nodes  # ComfyUI's core nodes module (this pack's own is .nodes)
+
+    return nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                                 denoise=denoise)[0]

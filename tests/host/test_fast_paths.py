@@ -76,11 +76,9 @@ def with_lora(sigma_ckpt, tmp_path_factory):
     from safetensors.torch import save_file
 
     from lora_fixtures import peft_lora
-    from pixart_sigma_nodes.nodes import lora
 
     folder = tmp_path_factory.mktemp("fast-path-loras")
     folder_paths.add_model_folder_path("loras", str(folder))
-    lora.install()
     _, state = peft_lora(sigma_ckpt.model, ["to_q", "to_k", "to_v"], seed=3)
     save_file({f"transformer.{k}": v for k, v in state.items()}, str(folder / "kv-lora.safetensors"))
     return lambda model: comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, "kv-lora.safetensors", 1.0)[0]

@@ -17,7 +17,8 @@ import_comfy(COMFYUI)
 import comfy.model_management  # noqa: E402
 import folder_paths  # noqa: E402
 
-from pixart_sigma_nodes.nodes import dit_model, lora  # noqa: E402
+from pixart_sigma_nodes.nodes import dit_model  # noqa: E402
+from pixart_sigma_nodes.nodes.lora import PixArtLoraLoader  # noqa: E402
 
 comfy_nodes = importlib.import_module("nodes")  # ComfyUI's core nodes module
 TOLERANCE = 1e-5
@@ -27,7 +28,6 @@ TOLERANCE = 1e-5
 def loras(tmp_path_factory, sigma_ckpt):
     folder = tmp_path_factory.mktemp("loras")
     folder_paths.add_model_folder_path("loras", str(folder))
-    lora.install()
     first, first_state = peft_lora(sigma_ckpt.model, ATTN_FF_TARGETS, seed=1)
     second, second_state = peft_lora(sigma_ckpt.model, ["to_q", "to_v", "ff.net.2", "linear_1", "linear"], seed=2)
     save_file({f"transformer.{k}": v for k, v in first_state.items()}, str(folder / "first-diffusers.safetensors"))
@@ -62,8 +62,11 @@ def _reference_output(model):
                      return_dict=False)[0][:, :4]
 
 
-def _with_lora(model, name, strength):
-    return comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, strength)[0]
+def _with_lora(model, name, strength, loader="core"):
+    """Core's LoraLoaderModelOnly, or the pack's PixArt LoRA Loader (every layout)."""
+    if loader == "core":
+        return comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, strength)[0]
+    return PixArtLoraLoader.execute(model, name, strength).args[0]
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +75,13 @@ def base(sigma_ckpt):
 
 
 @pytest.mark.parametrize("strength", [1.0, 0.5])
-@pytest.mark.parametrize("layout", ["first-diffusers.safetensors", "first-onetrainer.safetensors"])
-def test_lora_matches_peft_merge(base, loras, layout, strength):
-    ours = _comfy_output(_with_lora(base, layout, strength))
+@pytest.mark.parametrize("layout, loader", [("first-diffusers.safetensors", "core"),
+                                            ("first-diffusers.safetensors", "pixart"),
+                                            ("first-onetrainer.safetensors", "pixart")])
+def test_lora_matches_peft_merge(base, loras, layout, loader, strength):
+    """Core's loader reads diffusers/PEFT names through core's PixArt key map (the DiT is a PixArt model to the host);
+    the PixArt LoRA Loader reads every layout."""
+    ours = _comfy_output(_with_lora(base, layout, strength, loader))
     reference = _reference_output(merged(loras["first"][0], strength))
     assert (ours - reference).abs().max().item() <= TOLERANCE
 
