@@ -4,22 +4,16 @@ PixArt-α LCM and PixArt-Σ SA-Solver; the same samplers through core KSampler; 
 import copy
 import os
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from bench.fixtures.comfy_server import error_message
 from bench.fixtures.models import original_layout, tiny_transformer
-from bench.fixtures.models_folder import REPO
+from bench.fixtures.reference_runs import compare, graph_outputs, reference_pipeline, text_to_image
 from bench.fixtures.schedulers import pixart_sigma_scheduler
 from host.comfy_host import require_comfyui
 
 require_comfyui()
-PROMPT = "A photo of a CAT riding the moon"
-SIZE = 256  # px, square, unbinned
-LATENT_SCALE = {"sigma": 0.13025, "alpha": 0.18215}  # ComfyUI saves latents divided by the VAE scale of the family
 
 
 @pytest.fixture(scope="module")
@@ -31,74 +25,15 @@ def dmd_model(server):
     return model
 
 
-def _graph(dit_name, caption_length, recipe, seed, negative=True, **sampler):
-    graph = {
-        "t5": {"class_type": "PixArtT5Loader", "inputs": {"t5_name": f"diffusers/{REPO}", "dtype": "fp32",
-                                                           "device": "default", "caption_length": caption_length}},
-        "pos": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["t5", 0], "text": PROMPT}},
-        "neg": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["t5", 0], "text": ""}},
-        "dit": {"class_type": "PixArtDiTLoader", "inputs": {"dit_name": dit_name, "weight_dtype": "fp32"}},
-        "latent": {"class_type": "PixArtEmptyLatent", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1,
-                                                                 "binning": "off", "model": ["dit", 0]}},
-        "sample": {"class_type": "PixArtKVSampler", "inputs": {
-            "model": ["dit", 0], "positive": ["pos", 0], "latent_image": ["latent", 0], "seed": seed, "steps": 20,
-            "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "pixart_reference", "denoise": 1.0,
-            "kv_compress": "off", "kv_layers": "", "kv_mode": "avg", "kv_steps": 1.0, "recipe": recipe, **sampler}},
-        "save_latent": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": recipe}},
-        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "vae-tiny.safetensors"}},
-        "decode": {"class_type": "PixArtVAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0],
-                                                               "tiling": "off", "tile_size": 1024}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": recipe}},
-    }
-    if negative:
-        graph["sample"]["inputs"]["negative"] = ["neg", 0]
-    return graph
-
-
-def _outputs(server, graph):
-    entry = server.run(graph, timeout=600)
-    assert entry["status"]["status_str"] == "success", error_message(entry)
-    out = entry["outputs"]
-    info = out["save_latent"]["latents"][0]
-    latent = load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
-    info = out["save"]["images"][0]
-    image = np.asarray(Image.open(os.path.join(server.base, "output", info["subfolder"], info["filename"])))
-    return latent, image
-
-
-def _vae(server, family):
-    """The served tiny VAE with the latent scale diffusers applies for the family (ComfyUI's is the latent format's)."""
-    from diffusers import AutoencoderKL
-
-    vae = server.reference["vae"]
-    scaled = AutoencoderKL.from_config({**vae.config, "scaling_factor": LATENT_SCALE[family]}).eval()
-    scaled.load_state_dict(vae.state_dict())
-    return scaled
+def _graph(dit_name, caption_length, recipe, seed, negative=True):
+    return text_to_image(dit_name, caption_length, seed, recipe, negative=negative, recipe=recipe)
 
 
 def _pipeline(server, family, transformer, scheduler):
     from diffusers import PixArtAlphaPipeline, PixArtSigmaPipeline
 
     pipeline = PixArtSigmaPipeline if family == "sigma" else PixArtAlphaPipeline
-    ref = server.reference
-    return pipeline(tokenizer=ref["tokenizer"], text_encoder=ref["t5"], vae=_vae(server, family),
-                    transformer=transformer, scheduler=scheduler)
-
-
-def _compare(label, family, ours, pipe, seed, **call):
-    kwargs = dict(prompt=PROMPT, height=SIZE, width=SIZE, use_resolution_binning=False, clean_caption=False, **call)
-    with torch.no_grad():
-        ref_latent = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").images
-        ref_image = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="pt").images
-    latent, image = ours
-    latent = latent * LATENT_SCALE[family]
-    assert latent.shape == ref_latent.shape
-    relative = ((latent - ref_latent).abs().max() / ref_latent.std()).item()
-    ref_pixels = (ref_image[0].permute(1, 2, 0).numpy() * 255).round()
-    pixel_error = np.abs(image.astype(np.float64) - ref_pixels).max()
-    print(f"\n{label}: latent max error / std = {relative:.2e}, max pixel difference {pixel_error:.0f}/255")
-    assert relative <= 3e-4
-    assert image.shape == ref_pixels.shape and pixel_error <= 3
+    return reference_pipeline(server, pipeline, family, transformer, scheduler)
 
 
 def test_dmd_recipe_equals_the_dmd_app(server, dmd_model):
@@ -107,10 +42,10 @@ def test_dmd_recipe_equals_the_dmd_app(server, dmd_model):
     from diffusers import DDPMScheduler
 
     seed = 21
-    ours = _outputs(server, _graph("alpha512-dmd-tiny.safetensors", "alpha_120", "alpha_dmd_512", seed, negative=False))
+    ours = graph_outputs(server, _graph("alpha512-dmd-tiny.safetensors", "alpha_120", "alpha_dmd_512", seed, negative=False))
     scheduler = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False)
     pipe = _pipeline(server, "alpha", dmd_model, scheduler)
-    _compare("DMD", "alpha", ours, pipe, seed, timesteps=[400], guidance_scale=1.0, num_inference_steps=1,
+    compare("DMD", "alpha", ours, pipe, seed, timesteps=[400], guidance_scale=1.0, num_inference_steps=1,
              max_sequence_length=120)
 
 
@@ -119,10 +54,10 @@ def test_lcm_recipe_equals_the_lcm_pipeline(server, alpha_ckpt):
     from diffusers import LCMScheduler
 
     seed = 22
-    ours = _outputs(server, _graph("alpha-tiny.safetensors", "alpha_120", "alpha_lcm_1024", seed, negative=False))
+    ours = graph_outputs(server, _graph("alpha-tiny.safetensors", "alpha_120", "alpha_lcm_1024", seed, negative=False))
     scheduler = LCMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon")
     pipe = _pipeline(server, "alpha", alpha_ckpt.model, scheduler)
-    _compare("LCM", "alpha", ours, pipe, seed, guidance_scale=0.0, num_inference_steps=4, max_sequence_length=120)
+    compare("LCM", "alpha", ours, pipe, seed, guidance_scale=0.0, num_inference_steps=4, max_sequence_length=120)
 
 
 def _sa_solver_pipeline(server, sigma_ckpt):
@@ -138,8 +73,8 @@ def test_sa_solver_recipe_equals_the_sigma_app(server, sigma_ckpt):
     """PixArt-sigma's app_pixart_sigma.py: SASolverScheduler in data prediction, predictor/corrector order 2, tau 1 for
     t in [200, 800], 25 steps, cfg 3 (empty negative prompt)."""
     seed = 23
-    ours = _outputs(server, _graph("sigma-tiny.safetensors", "sigma_300", "sigma_sa_solver", seed))
-    _compare("SA-Solver", "sigma", ours, _sa_solver_pipeline(server, sigma_ckpt), seed, negative_prompt="",
+    ours = graph_outputs(server, _graph("sigma-tiny.safetensors", "sigma_300", "sigma_sa_solver", seed))
+    compare("SA-Solver", "sigma", ours, _sa_solver_pipeline(server, sigma_ckpt), seed, negative_prompt="",
              guidance_scale=3.0, num_inference_steps=25, max_sequence_length=300)
 
 
@@ -151,7 +86,7 @@ def test_sa_solver_through_core_ksampler(server, sigma_ckpt):
         "model": ["dit", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
         "seed": seed, "steps": 25, "cfg": 3.0, "sampler_name": "pixart_sa_solver", "scheduler": "pixart_sa_solver",
         "denoise": 1.0}}
-    _compare("SA-Solver in KSampler", "sigma", _outputs(server, graph), _sa_solver_pipeline(server, sigma_ckpt), seed,
+    compare("SA-Solver in KSampler", "sigma", graph_outputs(server, graph), _sa_solver_pipeline(server, sigma_ckpt), seed,
              negative_prompt="", guidance_scale=3.0, num_inference_steps=25, max_sequence_length=300)
 
 
