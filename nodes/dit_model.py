@@ -192,7 +192,10 @@ def host_model(model_config, state_dict: dict, quantization: host.HostQuantizati
         model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes), weight_dtype=stored_dtype)
     cast_from = None if quantization.mixed_precision is not None else unet_dtype  # as the host's loader decides
     manual_cast = comfy.model_management.unet_manual_cast(cast_from, load_device, model_config.supported_inference_dtypes)
-    model_config.set_inference_dtype(unet_dtype, manual_cast)
+    if host.accepts(model_config.set_inference_dtype, "device"):  # as the host's loader calls it, where it takes one
+        model_config.set_inference_dtype(unet_dtype, manual_cast, device=load_device)
+    else:
+        model_config.set_inference_dtype(unet_dtype, manual_cast)
     if options.get("fp8_optimizations"):
         model_config.optimizations["fp8"] = True
     model = model_config.get_model(state_dict)

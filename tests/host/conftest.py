@@ -1,5 +1,6 @@
 """Host-tier fixtures: one real ComfyUI server for the session, with tiny models in every layout."""
 import pytest
+import torch
 
 from bench.fixtures.comfy_server import ComfyServer
 from bench.fixtures.models_folder import write_models_folder
@@ -14,3 +15,30 @@ def server(tmp_path_factory, sigma_ckpt, alpha_ckpt, tiny_tokenizer):
     instance.reference = {**reference, "tokenizer": tiny_tokenizer[0]}
     yield instance
     instance.stop()
+
+
+def _native_manual_cast(weight_dtype, device, supported_dtypes=None):
+    """unet_manual_cast of a GPU that computes natively in fp16 and bf16 (an H100): no cast for those, bf16 for fp8."""
+    return None if weight_dtype in (None, torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+
+
+@pytest.fixture
+def simulated_nvidia(monkeypatch):
+    """What current ComfyUI's main.py sets on NVIDIA, simulated in-process on this CPU: dynamic VRAM on
+    (memory_management.aimdo_enabled, so comfy.ops builds lazy layers that keep the tensors they are given, and
+    CoreModelPatcher = ModelPatcherDynamic, which for a CPU load device hands back a plain ModelPatcher, so the
+    assign=True load itself is not reached here), and a GPU computing natively in the storage dtype
+    (unet_manual_cast returns None for fp16/bf16)."""
+    import comfy.model_management
+    import comfy.model_patcher
+
+    try:
+        import comfy.memory_management as memory_management
+    except ImportError:
+        memory_management = None
+    if memory_management is None or not hasattr(memory_management, "aimdo_enabled"):
+        pytest.skip("this ComfyUI has no dynamic VRAM (comfy.memory_management.aimdo_enabled)")
+    monkeypatch.setattr(memory_management, "aimdo_enabled", True)
+    if hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
+        monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcherDynamic)
+    monkeypatch.setattr(comfy.model_management, "unet_manual_cast", _native_manual_cast)
