@@ -36,8 +36,8 @@ def kv_inputs() -> list:
                        tooltip="avg: window mean (training-free); nearest: official 'ave' (nearest sampling); "
                                "uniform: every s-th token; conv: the checkpoint's trained conv (only if it has one)."),
         io.Float.Input("kv_steps", default=1.0, min=0.0, max=1.0, step=0.05,
-                       tooltip="Fraction of the steps, from the first, that run compressed; later steps run in full "
-                               "to restore detail. 1.0 = all steps."),
+                       tooltip="Fraction of the steps run (after denoise, on any scheduler), from the first, that run "
+                               "compressed, rounded up; later steps run in full to restore detail. 1.0 = all steps."),
     ]
 
 

@@ -17,6 +17,28 @@ def server(tmp_path_factory, sigma_ckpt, alpha_ckpt, tiny_tokenizer):
     instance.stop()
 
 
+@pytest.fixture(scope="module")
+def pixart_model(sigma_ckpt):
+    """The session's tiny PixArt-Σ through the pack's DiT loader (fp32), in the host's patcher; needs ComfyUI imported
+    (bench.fixtures.pack.import_comfy) by the test module."""
+    from pixart_sigma_nodes.nodes import dit_model
+
+    return dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+
+
+@pytest.fixture(scope="module")
+def tiny_conds():
+    """(positive, negative) CONDITIONING for the tiny models: random 300-token T5 features with 9 and 5 real tokens."""
+    generator = torch.Generator().manual_seed(3)
+    out = []
+    for length in (9, 5):
+        context = torch.randn(1, 300, 32, generator=generator)
+        mask = torch.zeros(1, 300)
+        mask[0, :length] = 1
+        out.append([[context, {"attention_mask": mask}]])
+    return out
+
+
 def _native_manual_cast(weight_dtype, device, supported_dtypes=None):
     """unet_manual_cast of a GPU that computes natively in fp16 and bf16 (an H100): no cast for those, bf16 for fp8."""
     return None if weight_dtype in (None, torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16

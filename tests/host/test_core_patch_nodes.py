@@ -23,8 +23,6 @@ import_comfy(COMFYUI)
 import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
-from pixart_sigma_nodes.nodes import dit_model  # noqa: E402
-
 comfy_nodes = importlib.import_module("nodes")  # ComfyUI's core nodes module
 STEPS, CFG, SEED = 8, 4.5, 7
 
@@ -34,23 +32,6 @@ def _core_node(module: str, name: str):
         return getattr(importlib.import_module(f"comfy_extras.{module}"), name)
     except (ImportError, AttributeError):
         pytest.skip(f"this ComfyUI has no {name} node (comfy_extras.{module})")
-
-
-@pytest.fixture(scope="module")
-def model(sigma_ckpt):
-    return dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
-
-
-@pytest.fixture(scope="module")
-def conds():
-    generator = torch.Generator().manual_seed(3)
-    out = []
-    for length in (9, 5):  # positive, negative
-        context = torch.randn(1, 300, 32, generator=generator)
-        mask = torch.zeros(1, 300)
-        mask[0, :length] = 1
-        out.append([[context, {"attention_mask": mask}]])
-    return out
 
 
 def _latent():
@@ -134,13 +115,13 @@ def _without_block(transformer, index):
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_skip_layer_guidance_dit_equals_cfg_plus_skipped_block_difference(model, conds, sigma_ckpt, layer):
+def test_skip_layer_guidance_dit_equals_cfg_plus_skipped_block_difference(pixart_model, tiny_conds, sigma_ckpt, layer):
     node = _core_node("nodes_slg", "SkipLayerGuidanceDiT")
     scale = 2.0
-    patched = node.execute(model=model, scale=scale, start_percent=0.0, end_percent=1.0, double_layers=str(layer),
+    patched = node.execute(model=pixart_model, scale=scale, start_percent=0.0, end_percent=1.0, double_layers=str(layer),
                            single_layers="", rescaling_scale=0.0)[0]
-    ours = _ksampler(patched, conds)
-    reference = Reference(sigma_ckpt.model, model, conds)
+    ours = _ksampler(patched, tiny_conds)
+    reference = Reference(sigma_ckpt.model, pixart_model, tiny_conds)
     skipped = _without_block(sigma_ckpt.model, layer)
 
     def predict(x, sigma, guider):
@@ -150,15 +131,15 @@ def test_skip_layer_guidance_dit_equals_cfg_plus_skipped_block_difference(model,
         skip = x - reference.eps(xc, t, skipped, rows=[0]) * sigma
         return result + (positive - skip) * scale
 
-    assert _close(ours, _reference_sample(model, conds, predict))
-    assert _changes(ours, _ksampler(model, conds))
+    assert _close(ours, _reference_sample(pixart_model, tiny_conds, predict))
+    assert _changes(ours, _ksampler(pixart_model, tiny_conds))
 
 
-def test_skip_layer_guidance_dit_simple_equals_uncond_with_the_block_skipped(model, conds, sigma_ckpt):
+def test_skip_layer_guidance_dit_simple_equals_uncond_with_the_block_skipped(pixart_model, tiny_conds, sigma_ckpt):
     node = _core_node("nodes_slg", "SkipLayerGuidanceDiTSimple")
-    patched = node.execute(model=model, start_percent=0.0, end_percent=1.0, double_layers="1", single_layers="")[0]
-    ours = _ksampler(patched, conds)
-    reference = Reference(sigma_ckpt.model, model, conds)
+    patched = node.execute(model=pixart_model, start_percent=0.0, end_percent=1.0, double_layers="1", single_layers="")[0]
+    ours = _ksampler(patched, tiny_conds)
+    reference = Reference(sigma_ckpt.model, pixart_model, tiny_conds)
     skipped = _without_block(sigma_ckpt.model, 1)
 
     def predict(x, sigma, guider):
@@ -167,8 +148,8 @@ def test_skip_layer_guidance_dit_simple_equals_uncond_with_the_block_skipped(mod
         eps_neg = reference.eps(xc, t, skipped, rows=[1])
         return reference.cfg(x, sigma, eps_pos, eps_neg)[0]
 
-    assert _close(ours, _reference_sample(model, conds, predict))
-    assert _changes(ours, _ksampler(model, conds))
+    assert _close(ours, _reference_sample(pixart_model, tiny_conds, predict))
+    assert _changes(ours, _ksampler(pixart_model, tiny_conds))
 
 
 class _NAGSelfAttention:
@@ -193,22 +174,22 @@ class _NAGSelfAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def test_normalized_attention_guidance_equals_nag_on_the_self_attention(model, conds, sigma_ckpt):
+def test_normalized_attention_guidance_equals_nag_on_the_self_attention(pixart_model, tiny_conds, sigma_ckpt):
     node = _core_node("nodes_nag", "NAGuidance")
     scale, alpha, tau = 5.0, 0.5, 1.5
-    ours = _ksampler(node.execute(model=model, nag_scale=scale, nag_alpha=alpha, nag_tau=tau)[0], conds)
+    ours = _ksampler(node.execute(model=pixart_model, nag_scale=scale, nag_alpha=alpha, nag_tau=tau)[0], tiny_conds)
     nag = copy.deepcopy(sigma_ckpt.model)
     for block in nag.transformer_blocks:
         block.attn1.set_processor(_NAGSelfAttention(scale, alpha, tau))
-    reference = Reference(nag, model, conds)
+    reference = Reference(nag, pixart_model, tiny_conds)
 
     def predict(x, sigma, guider):
         xc, t = reference.model_input(x, sigma)
         eps = reference.eps(xc, t)  # both rows in one call: NAG mixes them
         return reference.cfg(x, sigma, eps[:1], eps[1:])[0]
 
-    assert _close(ours, _reference_sample(model, conds, predict))
-    assert _changes(ours, _ksampler(model, conds))
+    assert _close(ours, _reference_sample(pixart_model, tiny_conds, predict))
+    assert _changes(ours, _ksampler(pixart_model, tiny_conds))
 
 
 def _batch_order(model, conds):
@@ -260,58 +241,59 @@ class EasyCacheRule:
         return out
 
 
-def test_easycache_skips_steps_reusing_the_cached_change(model, conds, sigma_ckpt, caplog):
+def test_easycache_skips_steps_reusing_the_cached_change(pixart_model, tiny_conds, sigma_ckpt, caplog):
     node = _core_node("nodes_easycache", "EasyCacheNode")
     holder = _core_node("nodes_easycache", "EasyCacheHolder")
     threshold = 0.5
     with caplog.at_level(logging.INFO):
-        ours = _ksampler(node.execute(model=model, reuse_threshold=threshold, start_percent=0.0, end_percent=1.0,
-                                      verbose=False)[0], conds)
+        ours = _ksampler(node.execute(model=pixart_model, reuse_threshold=threshold, start_percent=0.0, end_percent=1.0,
+                                      verbose=False)[0], tiny_conds)
     logged = re.findall(r"EasyCache - skipped (\d+)/(\d+) steps", caplog.text)
-    reference = Reference(sigma_ckpt.model, model, conds)
+    reference = Reference(sigma_ckpt.model, pixart_model, tiny_conds)
     rule = EasyCacheRule(threshold, per_row=hasattr(holder, "can_apply_cache_diff"),
-                         first_row=_batch_order(model, conds)[0])
+                         first_row=_batch_order(pixart_model, tiny_conds)[0])
 
     def predict(x, sigma, guider):
         xc, t = reference.model_input(x.expand(2, -1, -1, -1), sigma)
         eps = rule(xc.clone(), lambda batch: reference.eps(batch, t))
         return reference.cfg(x, sigma, eps[:1], eps[1:])[0]
 
-    expected = _reference_sample(model, conds, predict)
+    expected = _reference_sample(pixart_model, tiny_conds, predict)
     print(f"\nEasyCache on PixArt: skipped {logged[-1][0]}/{logged[-1][1]} steps (reference {rule.skipped})")
     assert logged and int(logged[-1][0]) == rule.skipped > 0
     assert _close(ours, expected)
-    assert _changes(ours, _ksampler(model, conds))
+    assert _changes(ours, _ksampler(pixart_model, tiny_conds))
 
 
-def test_lazycache_and_apg_still_work(model, conds, caplog):
-    plain = _ksampler(model, conds)
+def test_lazycache_and_apg_still_work(pixart_model, tiny_conds, caplog):
+    plain = _ksampler(pixart_model, tiny_conds)
     lazy = _core_node("nodes_easycache", "LazyCacheNode")
     with caplog.at_level(logging.INFO):
-        cached = _ksampler(lazy.execute(model=model, reuse_threshold=0.5, start_percent=0.0, end_percent=1.0,
-                                        verbose=False)[0], conds)
+        cached = _ksampler(lazy.execute(model=pixart_model, reuse_threshold=0.5, start_percent=0.0, end_percent=1.0,
+                                        verbose=False)[0], tiny_conds)
     skipped = re.findall(r"LazyCache - skipped (\d+)/", caplog.text)
     assert skipped and int(skipped[-1]) > 0 and _changes(cached, plain)
     apg = _core_node("nodes_apg", "APG")
-    assert _changes(_ksampler(apg.execute(model=model, eta=0.0, norm_threshold=5.0, momentum=-0.5)[0], conds), plain)
+    guided = apg.execute(model=pixart_model, eta=0.0, norm_threshold=5.0, momentum=-0.5)[0]
+    assert _changes(_ksampler(guided, tiny_conds), plain)
 
 
-def test_attention_override_reaches_every_attention(model, conds):
+def test_attention_override_reaches_every_attention(pixart_model, tiny_conds):
     calls = []
 
     def override(function, *args, **kwargs):
         calls.append(kwargs["transformer_options"].get("block_index"))
         return function(*args, **kwargs)
 
-    patched = model.clone()
+    patched = pixart_model.clone()
     patched.model_options["transformer_options"]["optimized_attention_override"] = override
-    assert torch.equal(_ksampler(patched, conds), _ksampler(model, conds))
-    depth = model.model.diffusion_model.config.depth
+    assert torch.equal(_ksampler(patched, tiny_conds), _ksampler(pixart_model, tiny_conds))
+    depth = pixart_model.model.diffusion_model.config.depth
     assert calls[: 2 * depth] == [i for i in range(depth) for _ in (0, 1)] and len(calls) == 2 * depth * STEPS
 
 
-def test_unet_input_patches_are_refused_by_name(model, conds):
+def test_unet_input_patches_are_refused_by_name(pixart_model, tiny_conds):
     hypertile = _core_node("nodes_hypertile", "HyperTile")
-    patched = hypertile.execute(model=model, tile_size=256, swap_size=2, max_depth=0, scale_depth=False)[0]
+    patched = hypertile.execute(model=pixart_model, tile_size=256, swap_size=2, max_depth=0, scale_depth=False)[0]
     with pytest.raises(ValueError, match="attn1_patch .*HyperTile"):
-        _ksampler(patched, conds)
+        _ksampler(patched, tiny_conds)

@@ -1,11 +1,26 @@
 // PixArt-Σ Nodes browser extension: a live token counter on PixArt Text Encode and the generated size on PixArt Empty
 // Latent. Both ask the pack's server routes, so the numbers are the nodes' own. They are shown in a DOM widget (an
 // HTML element the frontend places on the node), which the classic canvas and the Vue nodes mode both display.
+//
+// What is shown follows the frontend's change events, no polling: a node's own widget changes (onWidgetChanged, the
+// widgets' callbacks), its connections (onConnectionsChange), typing in any text box of the page (the input event:
+// neither mode reports typing in a text widget otherwise), a T5 loader's settings, and the workflow changes the
+// frontend announces (api "graphChanged": links, subgraph conversion, loading a workflow). Each node asks its route
+// only when what it would show depends on something that changed.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
-const REFRESH_MS = 300; // how often a node checks whether what it shows is still current (no request unless changed)
 const SUBGRAPH_INPUT_ID = -10; // litegraph's id of a subgraph's input node
+const SETTLE_MS = 30; // after a page-wide event, let the frontend write the new value into the widget first
+const followers = new Set(); // the check functions of the nodes currently in a graph
+let refreshTimer = null;
+
+function refreshAll() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => {
+    for (const check of followers) check();
+  }, SETTLE_MS);
+}
 
 function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
@@ -56,9 +71,11 @@ function nodesOf(graph) {
   return graph?.nodes ?? graph?._nodes ?? [];
 }
 
-// The link arriving at an input slot in the node's own graph. LGraphNode's method, called directly: a subgraph
-// node overrides getInputLink with a lookup inside its subgraph.
+// The link arriving at an input slot in the node's own graph (null for a node in no graph: the frontend throws on
+// those). LGraphNode's method, called directly: a subgraph node overrides getInputLink with a lookup inside its
+// subgraph.
 function inputLink(node, slot) {
+  if (!node?.graph) return null;
   const getInputLink = window.LiteGraph?.LGraphNode?.prototype?.getInputLink ?? node.getInputLink;
   return getInputLink?.call(node, slot) ?? null;
 }
@@ -89,38 +106,47 @@ function captionLength(node) {
   return widget(origin ?? {}, "caption_length")?.value === "alpha_120" ? 120 : 300;
 }
 
-// Shows `describe(state)` whenever `read()` gives a new state, checking every REFRESH_MS and on `widgets`' callbacks;
-// an answer that arrives after a newer request is dropped. Stops when the node is removed.
+function chain(object, name, after) {
+  const original = object[name];
+  object[name] = function (...args) {
+    const result = original?.apply(this, args);
+    after.apply(this, args);
+    return result;
+  };
+}
+
+// Shows `describe(state)` whenever `read()` gives a new state, checked on the change events above while the node is
+// in a graph; an answer that arrives after a newer request is dropped. Nodes the frontend creates without adding
+// them to a graph (copies made while converting to a subgraph) never check.
 function follow(node, status, widgets, read, describe) {
   let shown = null;
   let latest = 0;
   const check = async () => {
-    const state = read();
-    const key = JSON.stringify(state);
-    if (key === shown) return;
-    shown = key;
-    const request = ++latest;
-    const text = await describe(state);
-    if (request === latest) {
-      status.value = text;
-      node.setDirtyCanvas?.(true, true);
+    if (!node.graph) return;
+    try {
+      const state = read();
+      const key = JSON.stringify(state);
+      if (key === shown) return;
+      shown = key;
+      const request = ++latest;
+      const text = await describe(state);
+      if (request === latest) {
+        status.value = text;
+        node.setDirtyCanvas?.(true, true);
+      }
+    } catch (error) {
+      console.debug("pixart: status not updated", error);
     }
   };
-  for (const w of widgets) {
-    const original = w.callback;
-    w.callback = function (...args) {
-      const result = original?.apply(this, args);
-      check();
-      return result;
-    };
+  for (const w of widgets) chain(w, "callback", check);
+  chain(node, "onWidgetChanged", check);
+  chain(node, "onConnectionsChange", check);
+  chain(node, "onAdded", () => { followers.add(check); check(); });
+  chain(node, "onRemoved", () => followers.delete(check));
+  if (node.graph) {
+    followers.add(check);
+    check();
   }
-  const timer = setInterval(check, REFRESH_MS);
-  const onRemoved = node.onRemoved;
-  node.onRemoved = function (...args) {
-    clearInterval(timer);
-    return onRemoved?.apply(this, args);
-  };
-  check();
 }
 
 function setupTokenCounter(node) {
@@ -162,8 +188,14 @@ function setupResolutionHelper(node) {
 
 app.registerExtension({
   name: "pixart.sigma.nodes",
+  setup() {
+    api.addEventListener("graphChanged", refreshAll);
+    document.addEventListener("input", refreshAll, true);
+    document.addEventListener("change", refreshAll, true);
+  },
   nodeCreated(node) {
     if (node.comfyClass === "PixArtTextEncode") setupTokenCounter(node);
     if (node.comfyClass === "PixArtEmptyLatent") setupResolutionHelper(node);
+    if (node.comfyClass === "PixArtT5Loader") chain(node, "onWidgetChanged", refreshAll); // its caption_length
   },
 });
