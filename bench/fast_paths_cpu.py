@@ -28,7 +28,7 @@ from bench.fixtures.pack import import_pack  # noqa: E402
 from bench.fixtures.timing import interleaved, measure  # noqa: E402
 
 import_pack()
-import pixart_sigma_nodes.pixart.dit as dit_module  # noqa: E402
+import pixart_sigma_nodes.pixart.encoded_caption as caption_module  # noqa: E402
 from pixart_sigma_nodes.pixart import embeddings  # noqa: E402
 
 log = logging.getLogger("bench.fast_paths_cpu")
@@ -45,14 +45,14 @@ def no_trim(context, mask):
 
 def bench_trim(model, x, t, context, mask, repeats):
     """Forward with and without the padding trim (monkeypatched out for 'before')."""
-    trim = dit_module.trim_padding
+    trim = caption_module.trim_padding
 
     def untrimmed():
-        dit_module.trim_padding = no_trim
+        caption_module.trim_padding = no_trim
         try:
             return model(x, t, context, mask)
         finally:
-            dit_module.trim_padding = trim
+            caption_module.trim_padding = trim
 
     with torch.inference_mode():
         diff = (untrimmed() - model(x, t, context, mask)).abs().max().item()

@@ -17,7 +17,8 @@ from collections import OrderedDict
 
 import torch
 
-from ..pixart.dit import EncodedCaption, PixArtDiT
+from ..pixart.dit import PixArtDiT
+from ..pixart.encoded_caption import EncodedCaption
 
 log = logging.getLogger(__name__)
 

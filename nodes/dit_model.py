@@ -95,7 +95,8 @@ class ComfyPixArtDiT(PixArtDiT):
             raise ValueError("A ControlNet for UNet models (SD1.5/SDXL residuals) reached a PixArt model. PixArt runs "
                              "only PixArt ControlNets: load one with the PixArt ControlNet Loader.")
         inputs = control.get(PIXART_CONTROL) or []
-        return [replace(item, caption=item.net.encode_caption(self, context, attention_mask, dtype)) for item in inputs]
+        return [replace(item, caption=item.net.encode_caption(self.y_embedder, context, attention_mask, dtype))
+                for item in inputs]
 
 
 def kv_for_call(options: dict):

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import key_padding_bias
 from .blocks import PixArtBlock
 from .config import DiTConfig
+from .encoded_caption import EncodedCaption, encode_caption
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +67,12 @@ class PixArtControlNet(nn.Module):
             return f"{self.config.depth} copied blocks need a model of more blocks; the model has {base.depth}"
         return None
 
-    def encode_caption(self, dit, context: torch.Tensor, context_mask: torch.Tensor | None, dtype: torch.dtype):
-        """The copied blocks' cross-attention keys/values for the DiT's projected caption: PixArtDiT.encode_caption
-        with this ControlNet's kv_linear weights. context: (B, L, caption_channels); context_mask: (B, L)."""
-        from .dit import EncodedCaption, trim_padding
-
-        if context_mask is not None:
-            context, context_mask = trim_padding(context, context_mask.to(context.device))
-            if bool(context_mask.bool().all()):
-                context_mask = None
-        projected = dit.y_embedder(context.to(dtype))  # (B, L', D)
-        kv = [block.copied_block.cross_attn.kv_linear(projected).chunk(2, dim=-1) for block in self.controlnet]
-        bias = None if context_mask is None else key_padding_bias(context_mask.to(projected.device), dtype)
-        return EncodedCaption(kv=kv, bias=bias)
+    def encode_caption(self, projection: nn.Module, context: torch.Tensor, context_mask: torch.Tensor | None,
+                       dtype: torch.dtype) -> EncodedCaption:
+        """The copied blocks' cross-attention keys/values on the DiT's caption projection (its y_embedder).
+        context: (B, L, caption_channels); context_mask: (B, L)."""
+        return encode_caption(projection, [block.copied_block.cross_attn.kv_linear for block in self.controlnet],
+                              context, context_mask, dtype)
 
 
 @dataclass
@@ -90,13 +83,13 @@ class ControlInput:
     net: PixArtControlNet
     hint: torch.Tensor  # (B, C, H, W), the same H, W as the latent
     strength: float = 1.0
-    caption: object | None = None  # dit.EncodedCaption of net.encode_caption
+    caption: EncodedCaption | None = None  # of net.encode_caption
 
 
 class ControlBranch:
     """The running state of one ControlInput through one forward: the copied blocks' hidden states."""
 
-    def __init__(self, control: ControlInput, hint_tokens: torch.Tensor, caption):
+    def __init__(self, control: ControlInput, hint_tokens: torch.Tensor, caption: EncodedCaption):
         self.blocks = control.net.controlnet
         self.strength = control.strength
         self.hint_tokens = hint_tokens  # (B, N, D)

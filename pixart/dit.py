@@ -6,36 +6,20 @@ from an injected function, so the same module runs in plain torch and under Comf
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import key_padding_bias, sdpa_attention
+from .attention import sdpa_attention
 from .blocks import FinalLayer, PixArtBlock
 from .config import DiTConfig
 from .controlnet import ControlBranch, ControlInput
 from .embeddings import CaptionProjection, PatchEmbed, SizeEmbedder, TimestepEmbedder, sincos_pos_embed_2d
+from .encoded_caption import EncodedCaption, encode_caption
 from .kv_compress import KVCompress, KVCompressError
 from .patches import BlockPatches
-
-
-@dataclass
-class EncodedCaption:
-    """What the blocks read from the caption: per-block cross-attention keys and values, and the padding bias.
-
-    It depends on the caption and the weights alone, not on the latent or the timestep, so a sampling run can
-    encode each caption once and reuse it at every step (see PixArtDiT.encode_caption).
-    """
-
-    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values, each (B, L', D)
-    bias: torch.Tensor | None  # (B, 1, 1, L') additive; None when no padding is left after trimming
-
-    @property
-    def batch(self) -> int:
-        return self.kv[0][0].shape[0]
 
 
 class PixArtDiT(nn.Module):
@@ -83,21 +67,10 @@ class PixArtDiT(nn.Module):
 
     def encode_caption(self, context: torch.Tensor, context_mask: torch.Tensor | None = None,
                        dtype: torch.dtype | None = None) -> EncodedCaption:
-        """T5 features -> the per-block keys/values of cross-attention.
-
-        context: (B, L, caption_channels); context_mask: (B, L) 1 for real tokens, 0 for padding. Positions that
-        are padding in every sample are dropped first (exact), and when no padding remains the mask is dropped
-        too, which lets attention use its fused unmasked kernels.
-        """
-        dtype = dtype or context.dtype
-        if context_mask is not None:
-            context, context_mask = trim_padding(context, context_mask.to(context.device))
-            if bool(context_mask.bool().all()):
-                context_mask = None
-        projected = self.y_embedder(context.to(dtype))  # (B, L', D)
-        kv = [block.cross_attn.kv_linear(projected).chunk(2, dim=-1) for block in self.blocks]  # 2 x (B, L', D)
-        bias = None if context_mask is None else key_padding_bias(context_mask.to(projected.device), dtype)
-        return EncodedCaption(kv=kv, bias=bias)
+        """T5 features (B, L, caption_channels) and mask (B, L) -> the blocks' cross-attention keys/values
+        (pixart.encoded_caption)."""
+        return encode_caption(self.y_embedder, [block.cross_attn.kv_linear for block in self.blocks], context,
+                              context_mask, dtype or context.dtype)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | None,
                 context_mask: torch.Tensor | None = None, c_size: torch.Tensor | None = None,
@@ -190,7 +163,7 @@ class PixArtDiT(nn.Module):
         if caption is None:
             if context is None:
                 raise ValueError("A ControlInput without an encoded caption needs the context.")
-            caption = control.net.encode_caption(self, context, context_mask, pos_embed.dtype)
+            caption = control.net.encode_caption(self.y_embedder, context, context_mask, pos_embed.dtype)
         return ControlBranch(control, hint_tokens, caption)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -207,17 +180,3 @@ class PixArtDiT(nn.Module):
             raise ValueError("This PixArt checkpoint carries no learned null caption (y_embedding), so the negative "
                              "prompt cannot be left empty: connect one, e.g. PixArt Text Encode with empty text.")
         return self.y_embedder.y_embedding[None].expand(batch, -1, -1)
-
-
-def trim_padding(context: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop caption positions that are padding in every sample. (B, L, C), (B, L) -> (B, L', C), (B, L').
-
-    Exact: padded keys get exactly zero attention weight, so removing them changes no result, while the
-    caption projection and cross-attention then work on the longest real prompt instead of 300 tokens.
-    """
-    used = mask.bool().any(dim=0).nonzero()
-    keep = int(used.max()) + 1 if used.numel() else 1
-    if keep == mask.shape[1]:
-        return context, mask
-    return context[:, :keep], mask[:, :keep]
-
