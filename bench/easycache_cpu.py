@@ -62,7 +62,7 @@ def main():
     import comfy.utils
     from safetensors.torch import save_file
 
-    from pixart_sigma_nodes.nodes import dit_model
+    from pixart_sigma_nodes.nodes import model_loading
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     comfy_nodes = importlib.import_module("nodes")
@@ -74,7 +74,7 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "dit.safetensors")
         save_file(original_layout(transformer, null_caption), path)
-        plain = dit_model.load_dit_patcher(path, "fp32")
+        plain = model_loading.load_dit_patcher(path, "fp32")
     cached = easycache.execute(model=plain, reuse_threshold=args.threshold, start_percent=args.start,
                                end_percent=args.end, verbose=False)[0]
     generator = torch.Generator().manual_seed(2)

@@ -1,11 +1,12 @@
 """PixArt ControlNets as ComfyUI CONTROL_NETs: core ControlNetApply / ControlNetApplyAdvanced and every sampler use them.
 
-The ControlNet is a BaseModel in the host's patcher, loaded like the DiT (dit_model.host_model), so ComfyUI loads and
-offloads it with the base model (get_models) and lowvram streams its layers. PixArtControl is core's ControlNet with the
-PixArt parts swapped in: core prepares the hint each step (resize to the latent as core does, VAE encode, the model's
-latent scaling, device, dtype, batch), checks the start/end percent and chains previous ControlNets; our control model
-returns the prepared hint instead of residuals, because the copied blocks read base block 0's output and so run inside
-the DiT forward (ComfyPixArtDiT takes them from the `control` argument under dit_model.PIXART_CONTROL).
+PixArtControl is core's ControlNet around the engine's PixArtControlNet, loaded as core loads its own ControlNets: the
+network built on the host's operations for the dtypes the host picks (model_loading.storage_plan), weights placed
+completely, and core's ControlNet wraps it in the host's patcher, so ComfyUI loads and offloads it with the base model
+(get_models) and lowvram streams its layers. Core prepares the hint each step (resize to the latent, VAE encode, the
+model's latent scaling, device, dtype, batch), checks the start/end percent and chains previous ControlNets; the
+network returns the prepared hint as ControlInputs instead of residuals, because the copied blocks read base block 0's
+output and so run inside the DiT forward (ComfyPixArtDiT takes them from the `control` argument under PIXART_CONTROL).
 """
 from __future__ import annotations
 
@@ -15,59 +16,35 @@ from dataclasses import replace
 
 import comfy.controlnet
 import comfy.latent_formats
-import comfy.model_base
 import comfy.model_management
+import comfy.ops
 from comfy_api.latest import io
 
-from ..pixart.checkpoint.controlnet import read_controlnet_weights
-from ..pixart.controlnet import ControlInput, ControlNetConfig, PixArtControlNet
+from ..pixart.checkpoint.controlnet import ControlNetWeights, read_controlnet_weights
+from ..pixart.checkpoint.errors import require_fit
+from ..pixart.controlnet import ControlInput, PixArtControlNet
 from ..pixart.dit import PixArtDiT
 from . import host, model_files
-from .dit_model import PIXART_CONTROL, UNET_CONTROL_KEYS, WEIGHT_DTYPES, _PixArtBase, host_model
+from .control_dict import PIXART_CONTROL, UNET_CONTROL_KEYS
+from .model_loading import WEIGHT_DTYPES, StoragePlan, storage_plan
 
 log = logging.getLogger(__name__)
 
 HINT_CAPTION_TOKENS = 300  # the longest PixArt caption: the copied blocks' keys and values are sized for it
 
 
-class ComfyPixArtControlNet(PixArtControlNet):
-    """The ControlNet module with the call core's ControlNet.get_control makes: it gets the prepared hint and hands it
-    on to the DiT, which runs the copied blocks between its own."""
-
-    def __init__(self, control_config: ControlNetConfig, dtype=None, device=None, operations=None):
-        super().__init__(control_config, operations=operations, dtype=dtype, device=device)
-        self.dtype = dtype
-
-    def forward(self, x=None, hint=None, timesteps=None, context=None, **kwargs):
-        # hint (B, C, H, W): the control image resized, VAE-encoded and scaled like the latent x
-        return {PIXART_CONTROL: [ControlInput(self, hint)]}
-
-
-class PixArtControlModel(comfy.model_base.BaseModel):
-    def __init__(self, model_config, device=None):
-        super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device, unet_model=ComfyPixArtControlNet)
-
-
-class PixArtControlNetModelConfig(_PixArtBase):
-    latent_format = comfy.latent_formats.SD15  # PixArt-α's; the model it is applied to decides (PixArtControl.pre_run)
-
-    def get_model(self, state_dict, prefix="", device=None):
-        return PixArtControlModel(self, device=device).eval()
-
-
 class PixArtControl(comfy.controlnet.ControlNet):
     """Core's ControlNet for a latent-hint model (compression 1, a latent format, so the apply node's VAE is used)."""
 
-    def __init__(self, patcher, source: str):
-        model = patcher.model
-        super().__init__(None, compression_ratio=1, latent_format=model.latent_format, load_device=patcher.load_device,
-                         manual_cast_dtype=model.manual_cast_dtype, extra_conds=[])
-        self.control_model = model.diffusion_model
-        self.control_model_wrapped = patcher
+    def __init__(self, control_model: PixArtControlNet | None, source: str, load_device, manual_cast_dtype):
+        # the latent format is the sampled model's (pre_run); any one here makes core ask for the apply node's VAE
+        super().__init__(control_model, compression_ratio=1, latent_format=comfy.latent_formats.SD15(),
+                         load_device=load_device, manual_cast_dtype=manual_cast_dtype, extra_conds=[])
         self.source = source
 
     def copy(self):
-        c = PixArtControl(self.control_model_wrapped, self.source)
+        c = PixArtControl(None, self.source, self.load_device, self.manual_cast_dtype)
+        c.control_model, c.control_model_wrapped = self.control_model, self.control_model_wrapped
         self.copy_to(c)
         return c
 
@@ -88,8 +65,8 @@ class PixArtControl(comfy.controlnet.ControlNet):
         super().pre_run(model, percent_to_timestep_function)
         self.latent_format = model.latent_format  # the hint is encoded and scaled as the model's own latents
 
-    def control_merge(self, control, control_prev, output_dtype):
-        ours = [replace(item, strength=item.strength * self.strength) for item in control[PIXART_CONTROL]]
+    def control_merge(self, control: list[ControlInput], control_prev, output_dtype):
+        ours = [replace(item, strength=item.strength * self.strength) for item in control]
         if control_prev is None:
             return {key: [] for key in UNET_CONTROL_KEYS} | {PIXART_CONTROL: ours}
         if any(control_prev.get(key) for key in UNET_CONTROL_KEYS):
@@ -112,19 +89,35 @@ class PixArtControl(comfy.controlnet.ControlNet):
         return super().inference_memory_requirements(dtype) + extra
 
 
+def build_controlnet(weights: ControlNetWeights, weight_dtype: str) -> tuple[PixArtControlNet, StoragePlan]:
+    """The network on the host's operations for the dtypes it picks, every weight placed, on the offload device."""
+    plan = storage_plan(weight_dtype, weights.state_dict, weights.stored_dtype())
+    operations = comfy.ops.pick_operations(plan.storage, plan.manual_cast, fp8_optimizations=plan.fp8_matmul)
+    network = PixArtControlNet(weights.config, operations=operations, dtype=plan.storage, device=plan.offload_device)
+    placed = network.load_state_dict(host.cast_for_storage(dict(weights.state_dict), plan.storage), strict=False)
+    require_fit(weights.source, f"the detected ControlNet ({weights.config.describe()})",
+                *host.unused_weights(placed.missing_keys, placed.unexpected_keys))
+    log.info("Loaded %s: %s, weights %s, compute %s", weights.source, weights.config.describe(), plan.storage,
+             plan.manual_cast or plan.storage)
+    return network, plan
+
+
 def load_controlnet_patcher(path: str, weight_dtype: str = "default", disable_dynamic: bool = False):
-    """A PixArt ControlNet file -> the host's patcher around PixArtControlModel, weights loaded completely."""
-    weights = read_controlnet_weights(path)
-    model_config = PixArtControlNetModelConfig({"control_config": weights.config})
-    patcher = host_model(model_config, weights.state_dict, host.HostQuantization(), weights.stored_dtype(), weight_dtype,
-                         weights.source, weights.config.describe(), disable_dynamic)
+    """The ControlNet in the host's patcher alone: the reload factory ComfyUI calls for multi-GPU deep clones and
+    non-dynamic delegates (cached_patcher_init)."""
+    network, plan = build_controlnet(read_controlnet_weights(path), weight_dtype)
+    patcher = host.patcher_class(disable_dynamic)(network, load_device=plan.load_device,
+                                                  offload_device=plan.offload_device)
     patcher.cached_patcher_init = (load_controlnet_patcher, (path, weight_dtype))
-    return patcher, weights.source
+    return patcher
 
 
 def load_pixart_controlnet(path: str, weight_dtype: str = "default") -> PixArtControl:
-    patcher, source = load_controlnet_patcher(path, weight_dtype)
-    return PixArtControl(patcher, source)
+    weights = read_controlnet_weights(path)
+    network, plan = build_controlnet(weights, weight_dtype)
+    control = PixArtControl(network, weights.source, plan.load_device, plan.manual_cast)
+    control.control_model_wrapped.cached_patcher_init = (load_controlnet_patcher, (path, weight_dtype))
+    return control
 
 
 class PixArtControlNetLoader(io.ComfyNode):

@@ -1,11 +1,9 @@
-"""The PixArt DiT as a ComfyUI model: BaseModel subclass, per-family model configs, loading into a ModelPatcher.
-
-ComfyUI picks the weight/compute dtypes, casting ops (fp8 included), devices and lowvram partial loading;
-we only describe the model and hand it the weights.
+"""The PixArt DiT as a ComfyUI model: the network with ComfyUI's call (wrappers, patch points, attention dispatch, caption
+cache, KV compression, ControlNets), core's PixArt model class around it and the per-family model configs. Loading
+weights into it is nodes/model_loading.py's.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 
 import comfy.conds
@@ -16,25 +14,18 @@ import comfy.patcher_extension
 import comfy.supported_models_base
 import torch
 
-from ..pixart.checkpoint import CheckpointError, DiTWeights, read_dit_weights
-from ..pixart.checkpoint.quantization import is_quantization_key
-from ..pixart.config import ALPHA, DiTConfig
+from ..pixart.config import DiTConfig
 from ..pixart.dit import PixArtDiT
 from ..pixart.kv_compress import in_compressed_steps
-from . import caption_cache, host, patch_points
+from ..pixart.schedule import BETA_END, BETA_START, TRAIN_STEPS
+from . import caption_cache, patch_points
 from .attention import attention_for
-
-log = logging.getLogger(__name__)
+from .control_dict import PIXART_CONTROL, UNET_CONTROL_KEYS
 
 # transformer_options keys: a pixart.kv_compress.KVCompress for the run, and the fraction of the steps run, from the
 # first, that it applies to (1.0 = every step).
 KV_COMPRESS_OPTION = "pixart_kv_compress"
 KV_STEPS_OPTION = "pixart_kv_steps"
-
-# The `control` dict ComfyUI passes to the diffusion model: UNet ControlNets fill these lists with residuals; PixArt
-# ControlNets (nodes/controlnet.py) put pixart.controlnet.ControlInputs under PIXART_CONTROL.
-UNET_CONTROL_KEYS = ("input", "middle", "output")
-PIXART_CONTROL = "pixart_control"
 
 # Measured by bench/memory_usage_factor.py (peak activation bytes of one forward relative to ComfyUI's
 # area * dtype_size * 0.01 MiB formula); see the README's Benchmarks section.
@@ -146,10 +137,14 @@ class PixArtModel(comfy.model_base.PixArt, _PackNetwork):
         return out
 
 
-class _PixArtBase(comfy.supported_models_base.BASE):
+class PixArtModelConfig(comfy.supported_models_base.BASE):
+    """What ComfyUI needs to know about a PixArt DiT beyond its network: its noise schedule (ComfyUI's "sqrt_linear"
+    is linear in beta, pixart.schedule's), memory use and compute dtypes; the latent format per family below."""
+
     unet_config = {}
     unet_extra_config = {}
-    sampling_settings = {"beta_schedule": "sqrt_linear", "linear_start": 1e-4, "linear_end": 0.02, "timesteps": 1000}
+    sampling_settings = {"beta_schedule": "sqrt_linear", "linear_start": BETA_START, "linear_end": BETA_END,
+                         "timesteps": TRAIN_STEPS}
     memory_usage_factor = MEMORY_USAGE_FACTOR
     supported_inference_dtypes = [torch.float16, torch.bfloat16, torch.float32]
 
@@ -157,81 +152,9 @@ class _PixArtBase(comfy.supported_models_base.BASE):
         return PixArtModel(self, device=device).eval()
 
 
-class PixArtSigmaConfig(_PixArtBase):
+class PixArtSigmaConfig(PixArtModelConfig):
     latent_format = comfy.latent_formats.SDXL
 
 
-class PixArtAlphaConfig(_PixArtBase):
+class PixArtAlphaConfig(PixArtModelConfig):
     latent_format = comfy.latent_formats.SD15
-
-
-WEIGHT_DTYPES = {
-    "default": {},
-    "fp32": {"dtype": torch.float32},
-    "bf16": {"dtype": torch.bfloat16},
-    "fp16": {"dtype": torch.float16},
-    "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
-    "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
-    "fp8_e5m2": {"dtype": torch.float8_e5m2},
-}
-
-
-def host_model(model_config, state_dict: dict, quantization: host.HostQuantization, stored_dtype, weight_dtype: str,
-               source: str, describe: str, disable_dynamic: bool = False):
-    """Build `model_config`'s model and load `state_dict` into the host's patcher the way its own diffusion-model loader
-    does, letting ComfyUI choose compute dtype, casting ops, devices and offloading; the chosen storage dtype is what
-    every layer holds. Weights that do not fit are a CheckpointError naming `source`. -> the patcher"""
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"weight_dtype '{weight_dtype}' is unknown; choose one of: {', '.join(WEIGHT_DTYPES)}.")
-    options = WEIGHT_DTYPES[weight_dtype]
-    host.refuse_fp8_on_quantized(quantization, options.get("dtype"), "weight_dtype", source)
-    quantization.configure_model(model_config)
-    load_device = comfy.model_management.get_torch_device()
-    offload_device = comfy.model_management.unet_offload_device()
-    parameters = sum(t.numel() for k, t in state_dict.items() if not is_quantization_key(k))
-    unet_dtype = options.get("dtype") or comfy.model_management.unet_dtype(
-        model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes), weight_dtype=stored_dtype)
-    cast_from = None if quantization.mixed_precision is not None else unet_dtype  # as the host's loader decides
-    manual_cast = comfy.model_management.unet_manual_cast(cast_from, load_device, model_config.supported_inference_dtypes)
-    if host.accepts(model_config.set_inference_dtype, "device"):  # as the host's loader calls it, where it takes one
-        model_config.set_inference_dtype(unet_dtype, manual_cast, device=load_device)
-    else:
-        model_config.set_inference_dtype(unet_dtype, manual_cast)
-    if options.get("fp8_optimizations"):
-        model_config.optimizations["fp8"] = True
-    model = model_config.get_model(state_dict)
-    patcher = host.patcher_class(disable_dynamic)(model, load_device=load_device, offload_device=offload_device)
-    if not comfy.model_management.is_device_cpu(offload_device):
-        model.to(offload_device)
-    if not quantization.quantized:
-        host.cast_for_storage(state_dict, unet_dtype)
-    missing, unexpected = host.load_model_weights(model, state_dict, patcher)
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: weights do not fit the detected model ({describe}): "
-                              f"missing {missing[:6]}, unused {unexpected[:6]}.")
-    log.info("Loaded %s: %s, weights %s%s, compute %s", source, describe, unet_dtype,
-             " (quantized)" if quantization.quantized else "", manual_cast or unet_dtype)
-    return patcher
-
-
-def build_patcher(weights: DiTWeights, weight_dtype: str = "default", disable_dynamic: bool = False):
-    """Wrap loaded DiT weights into the host's patcher (host_model), with the per-run caption cache installed."""
-    state_dict, quantization = host.host_quantization(weights.state_dict, weights.metadata, weights.quantization,
-                                                      weights.source)
-    config_class = PixArtAlphaConfig if weights.config.family == ALPHA else PixArtSigmaConfig
-    # depth and hidden_size: what core's LoRA key map for PixArt reads from unet_config
-    model_config = config_class({"dit_config": weights.config, "depth": weights.config.depth,
-                                 "hidden_size": weights.config.hidden_size})
-    stored_dtype = None if quantization.quantized else weights.stored_dtype()
-    patcher = host_model(model_config, state_dict, quantization, stored_dtype, weight_dtype,
-                         weights.source, weights.config.describe(), disable_dynamic)
-    caption_cache.install(patcher)
-    return patcher
-
-
-def load_dit_patcher(path: str, weight_dtype: str = "default", disable_dynamic: bool = False):
-    """A PixArt DiT file or diffusers folder -> the host's patcher. Registered as the patcher's
-    cached_patcher_init, the factory ComfyUI calls for multi-GPU deep clones and non-dynamic delegates."""
-    patcher = build_patcher(read_dit_weights(path), weight_dtype, disable_dynamic=disable_dynamic)
-    patcher.cached_patcher_init = (load_dit_patcher, (path, weight_dtype))
-    return patcher

@@ -11,11 +11,12 @@ from comfy_api.latest import ComfyExtension, io
 
 from .compile_node import PixArtTorchCompile
 from .controlnet import PixArtControlNetLoader
-from .kv_nodes import PixArtKVCompress, PixArtKVSampler
+from .kv_compress_node import PixArtKVCompress
 from .latent_nodes import PixArtEmptyLatent, PixArtVAEDecode
 from .loaders import PixArtDiffusersLoader, PixArtDiTLoader, PixArtT5Loader
 from .lora import PixArtLoraLoader
 from .pag import PixArtPAG
+from .sampler_node import PixArtKVSampler
 from .text_encode import PixArtTextEncode
 from .two_stage import PixArtTwoStage
 

@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..pixart.checkpoint.files import read_checkpoint
 from ..pixart.config import CAPTION_TOKENS
 from . import host, model_files
-from .dit_model import WEIGHT_DTYPES, load_dit_patcher
+from .model_loading import WEIGHT_DTYPES, load_dit_patcher
 from .t5_encoder import T5_DTYPES, load_t5_clip
 
 CAPTION_LENGTHS = {f"{family}_{tokens}": tokens for family, tokens in CAPTION_TOKENS.items()}  # sigma_300, alpha_120

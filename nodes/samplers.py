@@ -18,6 +18,8 @@ import math
 import torch
 from comfy.k_diffusion import sa_solver
 
+from ..pixart.recipes import DMD, LCM, SA_SOLVER
+
 LCM_SIGMA_DATA = 0.5
 LCM_TIMESTEP_SCALING = 10.0
 SA_SOLVER_ORDER = 2
@@ -133,7 +135,7 @@ def sample_pixart_sa_solver(model, x, sigmas, extra_args=None, callback=None, di
     return x_pred / (1 + sigmas[-1] ** 2).sqrt()
 
 
-SAMPLERS = {"pixart_dmd": sample_pixart_dmd, "pixart_lcm": sample_pixart_lcm, "pixart_sa_solver": sample_pixart_sa_solver}
+SAMPLERS = {DMD: sample_pixart_dmd, LCM: sample_pixart_lcm, SA_SOLVER: sample_pixart_sa_solver}
 
 
 def register() -> None:

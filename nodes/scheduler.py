@@ -11,6 +11,7 @@ from __future__ import annotations
 import comfy.samplers
 import torch
 
+from ..pixart.recipes import DMD, LCM, REFERENCE, SA_SOLVER
 from ..pixart.schedule import DMD_TIMESTEP, lcm_timesteps, reference_timesteps
 
 
@@ -38,9 +39,7 @@ def dmd_scheduler(model_sampling, steps: int) -> torch.Tensor:
     return _at(model_sampling, [DMD_TIMESTEP])
 
 
-SCHEDULERS = {"pixart_reference": reference_scheduler, "pixart_sa_solver": sa_solver_scheduler,
-              "pixart_lcm": lcm_scheduler, "pixart_dmd": dmd_scheduler}
-REFERENCE_SCHEDULER = "pixart_reference"
+SCHEDULERS = {REFERENCE: reference_scheduler, SA_SOLVER: sa_solver_scheduler, LCM: lcm_scheduler, DMD: dmd_scheduler}
 
 
 def register() -> None:

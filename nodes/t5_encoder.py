@@ -19,7 +19,7 @@ from comfy import sd1_clip
 from transformers import T5TokenizerFast
 
 from ..pixart.caption import EOS_ID, PAD_ID, CaptionTokenizer
-from ..pixart.checkpoint.errors import CheckpointError
+from ..pixart.checkpoint.errors import require_fit
 from ..pixart.checkpoint.files import read_checkpoint
 from ..pixart.checkpoint.quantization import is_quantization_key, quantization_layout
 from ..pixart.t5 import t5_config_from_weights, to_t5_state_dict
@@ -67,9 +67,7 @@ def t5_clip_target(t5_config: dict, tokenizer_path: str, caption_tokens: int, so
         def load_sd(self, sd):
             """The host's loading; weights it leaves missing or unused are an error naming the file."""
             missing, unexpected = host.unused_weights(*super().load_sd(sd))
-            if missing or unexpected:
-                raise CheckpointError(f"{source}: T5 weights do not fit the configuration read from them; missing "
-                                      f"{missing[:6]}, unused {unexpected[:6]}.")
+            require_fit(source, "the T5 configuration read from them", missing, unexpected)
             return missing, unexpected
 
     class PixArtT5Model(sd1_clip.SD1ClipModel):

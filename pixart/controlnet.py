@@ -57,7 +57,14 @@ class PixArtControlNet(nn.Module):
     def __init__(self, config: ControlNetConfig, operations=nn, dtype=None, device=None):
         super().__init__()
         self.config = config
+        self.dtype = dtype  # the storage dtype hosts read (ComfyUI's ControlNet casts the hint to it)
         self.controlnet = nn.ModuleList(ControlBlock(i, config, operations, dtype, device) for i in range(config.depth))
+
+    def forward(self, hint: torch.Tensor, **host_arguments) -> list[ControlInput]:
+        """The ControlNet applied to one DiT call: hint (B, C, H, W), the control image already encoded and scaled like
+        the latent. Hosts call a control model with the noisy latent, timesteps and caption too (host_arguments); the
+        copied blocks read base block 0's output, so they run inside the DiT's forward, which takes what this returns."""
+        return [ControlInput(self, hint)]
 
     def check_base(self, base: DiTConfig) -> str | None:
         """Why this ControlNet cannot run on a DiT of config `base`, or None when it can."""

@@ -12,6 +12,14 @@ from .config import ALPHA, SIGMA, DiTConfig
 
 CUSTOM = "custom"  # the sampler node's own steps / cfg / sampler / scheduler inputs
 
+# The names the recipes' samplers and schedulers go by in ComfyUI (one name each where a sampler and its schedule belong
+# together); nodes/samplers.py and nodes/scheduler.py register them under these names.
+REFERENCE = "pixart_reference"  # scheduler: diffusers' PixArt timesteps (pixart.schedule.reference_timesteps)
+SA_SOLVER = "pixart_sa_solver"
+LCM = "pixart_lcm"
+DMD = "pixart_dmd"
+DPM_SOLVER_2M = "dpmpp_2m"  # ComfyUI's own DPM-Solver++ 2M
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -36,13 +44,13 @@ class Recipe:
 
 RECIPES = {recipe.name: recipe for recipe in (
     Recipe("sigma_dpm_solver", "PixArt-Σ/α default: DPM-Solver++ 2M, 20 steps, cfg 4.5 (diffusers' pipeline)",
-           20, 4.5, "dpmpp_2m", "pixart_reference"),
+           20, 4.5, DPM_SOLVER_2M, REFERENCE),
     Recipe("sigma_sa_solver", "PixArt-Σ SA-Solver as the PixArt-Σ app runs it: 25 steps, cfg 3, predictor/corrector "
-           "order 2/2, tau 1 for t in [200, 800], data prediction", 25, 3.0, "pixart_sa_solver", "pixart_sa_solver",
+           "order 2/2, tau 1 for t in [200, 800], data prediction", 25, 3.0, SA_SOLVER, SA_SOLVER,
            family=SIGMA),
     Recipe("alpha_lcm_1024", "PixArt-α LCM 1024 (PixArt-LCM-XL-2-1024-MS): LCMScheduler, 4 steps, no guidance",
-           4, 1.0, "pixart_lcm", "pixart_lcm", family=ALPHA, trained_resolution=1024),
+           4, 1.0, LCM, LCM, family=ALPHA, trained_resolution=1024),
     Recipe("alpha_dmd_512", "PixArt-α DMD 512 (PixArt-Alpha-DMD-XL-2-512x512): one step at t=400 from pure noise, "
-           "no guidance", 1, 1.0, "pixart_dmd", "pixart_dmd", family=ALPHA, trained_resolution=512),
+           "no guidance", 1, 1.0, DMD, DMD, family=ALPHA, trained_resolution=512),
 )}
 RECIPE_CHOICES = [CUSTOM, *RECIPES]

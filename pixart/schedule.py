@@ -1,28 +1,12 @@
-"""PixArt's noise schedule: DDPM linear betas 1e-4..0.02 over 1000 steps (epsilon prediction), and the
-reference sampling timesteps of diffusers' PixArt pipelines (DPM-Solver++ with "linspace" spacing).
+"""PixArt's noise schedule: DDPM betas linear from 1e-4 to 0.02 over 1000 training steps (epsilon prediction), and the
+reference sampling timesteps of diffusers' PixArt pipelines (DPM-Solver++ with "linspace" spacing) and of the published
+distilled checkpoints.
 """
 from __future__ import annotations
-
-import torch
 
 TRAIN_STEPS = 1000
 BETA_START = 1e-4
 BETA_END = 0.02
-
-
-def linear_betas(train_steps: int = TRAIN_STEPS, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """(T,) betas, linear in beta (not in sqrt(beta) as Stable Diffusion's 'scaled linear')."""
-    return torch.linspace(BETA_START, BETA_END, train_steps, dtype=dtype)
-
-
-def alphas_cumprod(train_steps: int = TRAIN_STEPS, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    return torch.cumprod(1.0 - linear_betas(train_steps, dtype), dim=0)
-
-
-def train_sigmas(train_steps: int = TRAIN_STEPS, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """(T,) noise level sigma_t = sqrt((1 - a_t) / a_t) for each training timestep."""
-    ac = alphas_cumprod(train_steps, dtype)
-    return ((1.0 - ac) / ac).sqrt()
 
 
 def reference_timesteps(steps: int, train_steps: int = TRAIN_STEPS) -> list[int]:
@@ -36,13 +20,6 @@ def reference_timesteps(steps: int, train_steps: int = TRAIN_STEPS) -> list[int]
     step = (train_steps - 1) / steps
     grid = [round(i * step) for i in range(steps)] + [train_steps - 1]
     return grid[::-1][:-1]
-
-
-def reference_sigmas(steps: int, train_steps: int = TRAIN_STEPS) -> torch.Tensor:
-    """(steps + 1,) sigmas at the reference timesteps, ending at 0 (the final step denoises fully)."""
-    table = train_sigmas(train_steps)
-    sigmas = table[torch.tensor(reference_timesteps(steps, train_steps))]
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
 # --- the published checkpoints' own sampling grids ---------------------------------------------------------------

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from bench.fixtures.schedulers import pixart_sigma_scheduler
+from bench.fixtures.schedulers import alphas_cumprod, pixart_sigma_scheduler, reference_sigmas
 from pixart_sigma_nodes.pixart.bins import ASPECT_RATIO_BINS, bins_for_resolution, nearest_bin, resize_and_crop
-from pixart_sigma_nodes.pixart.schedule import alphas_cumprod, reference_sigmas, reference_timesteps
+from pixart_sigma_nodes.pixart.schedule import reference_timesteps
 
 
 def test_bin_tables_equal_diffusers():

@@ -7,7 +7,7 @@ import torch
 
 from ..config import DiTConfig
 from .detect import detect_config
-from .errors import CheckpointError
+from .errors import CheckpointError, require_fit
 from .files import LoadedTensors, read_checkpoint, stored_dtype
 from .layouts import IGNORED_ORIGINAL, to_internal
 from .quantization import quantization_layout
@@ -62,8 +62,5 @@ def load_weights(model: torch.nn.Module, weights: DiTWeights) -> None:
         raise CheckpointError(f"{weights.source} is quantized ({weights.quantization}); only ComfyUI's casting ops "
                               "read it. Load it with the PixArt DiT Loader inside ComfyUI.")
     result = model.load_state_dict(weights.state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{weights.source}: weights do not fit the detected model ({weights.config.describe()}): "
-            f"missing {result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}."
-        )
+    require_fit(weights.source, f"the detected model ({weights.config.describe()})", result.missing_keys,
+                result.unexpected_keys)

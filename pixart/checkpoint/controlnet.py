@@ -20,7 +20,7 @@ import torch
 
 from ..config import HEAD_DIM, DiTConfig
 from .detect import detect_config
-from .errors import CheckpointError
+from .errors import CheckpointError, require_fit
 from .files import read_checkpoint, stored_dtype
 from .layouts import IGNORED_ORIGINAL, describe_lookalike, diffusers_to_internal, to_internal
 
@@ -162,7 +162,6 @@ def load_controlnet(path: str, dtype: torch.dtype = torch.float32, device: str |
     weights = read_controlnet_weights(path)
     model = PixArtControlNet(weights.config, dtype=dtype, device=device)
     result = model.load_state_dict(weights.state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{weights.source}: weights do not fit the detected ControlNet ({weights.config.describe()}"
-                              f"): missing {result.missing_keys[:6]}, unused {result.unexpected_keys[:6]}.")
+    require_fit(weights.source, f"the detected ControlNet ({weights.config.describe()})", result.missing_keys,
+                result.unexpected_keys)
     return model

@@ -21,9 +21,9 @@ def server(tmp_path_factory, sigma_ckpt, alpha_ckpt, tiny_tokenizer):
 def pixart_model(sigma_ckpt):
     """The session's tiny PixArt-Σ through the pack's DiT loader (fp32), in the host's patcher; needs ComfyUI imported
     (bench.fixtures.pack.import_comfy) by the test module."""
-    from pixart_sigma_nodes.nodes import dit_model
+    from pixart_sigma_nodes.nodes import model_loading
 
-    return dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    return model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
 
 
 @pytest.fixture(scope="module")

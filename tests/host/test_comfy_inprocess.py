@@ -13,7 +13,7 @@ from host.comfy_host import require_comfyui, sample_tiny
 COMFYUI = require_comfyui()
 pack = import_comfy(COMFYUI)
 
-from pixart_sigma_nodes.nodes import dit_model, t5_encoder  # noqa: E402
+from pixart_sigma_nodes.nodes import model_loading, t5_encoder  # noqa: E402
 from pixart_sigma_nodes.nodes.extension import PixArtExtension  # noqa: E402
 
 
@@ -89,7 +89,7 @@ def test_t5_caption_length_and_truncation(t5_files, caplog):
 
 
 def test_dit_under_comfy_equals_core_reference(sigma_ckpt):
-    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_pth"], "fp32")
+    patcher = model_loading.load_dit_patcher(sigma_ckpt.paths["original_pth"], "fp32")
     import comfy.model_management
 
     comfy.model_management.load_models_gpu([patcher])
@@ -111,12 +111,12 @@ def test_dit_under_comfy_equals_core_reference(sigma_ckpt):
 
 
 def test_model_config_and_latent_format(sigma_ckpt, alpha_ckpt):
-    sigma = dit_model.load_dit_patcher(sigma_ckpt.paths["diffusers_repo"])
-    alpha = dit_model.load_dit_patcher(alpha_ckpt.paths["original_safetensors"])
+    sigma = model_loading.load_dit_patcher(sigma_ckpt.paths["diffusers_repo"])
+    alpha = model_loading.load_dit_patcher(alpha_ckpt.paths["original_safetensors"])
     assert sigma.model.latent_format.scale_factor == 0.13025
     assert alpha.model.latent_format.scale_factor == 0.18215
     sampling = sigma.model.model_sampling
-    from pixart_sigma_nodes.pixart.schedule import train_sigmas
+    from bench.fixtures.schedulers import train_sigmas
 
     assert torch.allclose(sampling.sigmas.double(), train_sigmas(), rtol=1e-5)
 
@@ -144,7 +144,7 @@ def test_fp8_weights_compute_what_the_rounded_weights_do(sigma_ckpt):
     """fp8 storage cast per layer by ComfyUI's ops: diffusers' transformer holding the same fp8-rounded weights."""
     import comfy.model_management
 
-    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp8_e4m3fn")
+    patcher = model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp8_e4m3fn")
     comfy.model_management.load_models_gpu([patcher])
     dit = patcher.model.diffusion_model
     assert dit.blocks[0].attn.qkv.weight.dtype == torch.float8_e4m3fn
@@ -175,8 +175,8 @@ def test_lowvram_partial_load_gives_the_same_result(sigma_ckpt):
     """Weights streamed per layer by ComfyUI's casting ops (lowvram) compute exactly what a full load does."""
     import comfy.model_management
 
-    full = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
-    partial = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    full = model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    partial = model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
     positive = [[torch.randn(1, 300, 32, generator=torch.Generator().manual_seed(1)),
                  {"attention_mask": torch.tensor([[1] * 9 + [0] * 291])}]]
     negative = [[torch.randn(1, 300, 32, generator=torch.Generator().manual_seed(2)),
@@ -196,7 +196,7 @@ def test_native_style_conditioning_without_mask(sigma_ckpt):
     sampled step equals diffusers' transformer given those tokens unmasked, and sampling runs."""
     import comfy.model_management
 
-    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    patcher = model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
     comfy.model_management.load_models_gpu([patcher])
     x, t, _, _ = _dit_inputs()
     context = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(4))
@@ -212,7 +212,7 @@ def test_native_style_conditioning_without_mask(sigma_ckpt):
 
 def test_attention_mask_reaches_the_dit(sigma_ckpt):
     """Changing the padded T5 positions changes nothing when the mask travels; it does without the mask."""
-    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    patcher = model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
     cond = torch.randn(1, 300, 32, generator=torch.Generator().manual_seed(3))
     noisy = cond.clone()
     noisy[:, 12:] += 3

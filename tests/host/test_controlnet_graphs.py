@@ -28,7 +28,7 @@ import comfy.sample  # noqa: E402
 import comfy.sampler_helpers  # noqa: E402
 import comfy.utils  # noqa: E402
 
-from pixart_sigma_nodes.nodes import dit_model  # noqa: E402
+from pixart_sigma_nodes.nodes import model_loading  # noqa: E402
 from pixart_sigma_nodes.nodes.controlnet import PixArtControl, load_pixart_controlnet  # noqa: E402
 
 comfy_nodes = importlib.import_module("nodes")  # ComfyUI's core nodes module
@@ -254,13 +254,13 @@ def _sample(patcher, positive, negative):
 
 def test_lowvram_partial_load_of_the_controlnet_gives_the_same_result(in_process):
     paths, vae, image, base = in_process
-    model = dit_model.load_dit_patcher(base, "fp32")
+    model = model_loading.load_dit_patcher(base, "fp32")
     full = load_pixart_controlnet(paths["official_pth"], "fp32")
     reference = _sample(model, *_conds(full, image, vae=vae))
     partial = load_pixart_controlnet(paths["official_pth"], "fp32")
     patcher = partial.control_model_wrapped
     patcher.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=patcher.model_size() // 4, load_weights=True)
-    streamed = [m for m in patcher.model.diffusion_model.modules() if getattr(m, "comfy_cast_weights", False)]
+    streamed = [m for m in patcher.model.modules() if getattr(m, "comfy_cast_weights", False)]
     assert streamed, "lowvram loading should leave some ControlNet layers to be cast on the fly"
     assert torch.equal(_sample(model, *_conds(partial, image, vae=vae)), reference)
     patcher.unpatch_model()
@@ -301,7 +301,7 @@ def test_applied_to_a_model_that_is_not_pixart_is_an_error_naming_both(in_proces
 
 def test_a_controlnet_without_a_vae_asks_for_one(in_process):
     paths, _, image, base = in_process
-    model = dit_model.load_dit_patcher(base, "fp32")
+    model = model_loading.load_dit_patcher(base, "fp32")
     positive, negative = _conds(load_pixart_controlnet(paths["official_pth"], "fp32"), image, vae=None)
     with pytest.raises(ValueError, match="needs a VAE"):
         _sample(model, positive, negative)

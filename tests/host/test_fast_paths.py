@@ -16,7 +16,7 @@ import_comfy(COMFYUI)
 import comfy.ldm.modules.attention as comfy_attention  # noqa: E402
 import comfy.patcher_extension  # noqa: E402
 
-from pixart_sigma_nodes.nodes import caption_cache, dit_model  # noqa: E402
+from pixart_sigma_nodes.nodes import caption_cache, model_loading  # noqa: E402
 from pixart_sigma_nodes.nodes.attention import attention_for  # noqa: E402
 from pixart_sigma_nodes.nodes.compile_node import compile_blocks  # noqa: E402
 
@@ -42,7 +42,7 @@ def _without_cache(patcher):
 
 @pytest.fixture(scope="module")
 def patcher(sigma_ckpt):
-    return dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    return model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
 
 
 def _counting_encodes(monkeypatch, patcher) -> list:
@@ -191,7 +191,7 @@ def test_memory_estimate_counts_the_encoded_caption(patcher):
 def test_cache_works_with_weights_loaded_under_inference_mode(sigma_ckpt):
     """ComfyUI runs nodes under inference_mode, so a loader's weights are inference tensors (no version counter)."""
     with torch.inference_mode():
-        loaded = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+        loaded = model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
         assert loaded.model.diffusion_model.blocks[0].cross_attn.kv_linear.weight.is_inference()
         cached = _sample(loaded)
         assert torch.equal(cached, _sample(_without_cache(loaded)))

@@ -28,7 +28,7 @@ import comfy.model_management  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.utils  # noqa: E402
 
-from pixart_sigma_nodes.nodes import dit_model, host, t5_encoder  # noqa: E402
+from pixart_sigma_nodes.nodes import host, model_loading, t5_encoder  # noqa: E402
 from pixart_sigma_nodes.pixart.checkpoint import CheckpointError  # noqa: E402
 
 HAS_MIXED_PRECISION = hasattr(comfy.utils, "detect_layer_quantization")
@@ -84,7 +84,7 @@ DTYPES = [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp8_e4m3fn", torc
 
 @pytest.mark.parametrize("choice,dtype", DTYPES)
 def test_dit_storage_dtype_under_dynamic_vram(simulated_nvidia, sigma_ckpt, choice, dtype):
-    patcher = dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], choice)  # an fp32 file
+    patcher = model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], choice)  # an fp32 file
     dit = patcher.model.diffusion_model
     linears = [m for m in dit.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and {m.weight.dtype for m in linears} == {dtype}
@@ -145,8 +145,8 @@ def test_comfy_quant_t5_equals_its_dequantized_twin(t5_fp32, tmp_path, fmt, in_h
 
 def test_scaled_fp8_dit_equals_its_dequantized_twin(dit_fp32, tmp_path):
     stored, twin = legacy_scaled_fp8(dit_fp32, linear_layers(dit_fp32, DIT_ALL_LINEARS))
-    quantized = dit_model.load_dit_patcher(save(stored, str(tmp_path / "dit-fp8-scaled.safetensors")))
-    reference = dit_model.load_dit_patcher(save(twin, str(tmp_path / "dit-twin.safetensors")), "fp32")
+    quantized = model_loading.load_dit_patcher(save(stored, str(tmp_path / "dit-fp8-scaled.safetensors")))
+    reference = model_loading.load_dit_patcher(save(twin, str(tmp_path / "dit-twin.safetensors")), "fp32")
     relative = _relative(_dit_forward(quantized), _dit_forward(reference))
     print(f"\nscaled fp8 DiT vs its dequantized fp32 twin: relative L2 {relative:.2e}")
     assert relative <= 0.01
@@ -154,7 +154,7 @@ def test_scaled_fp8_dit_equals_its_dequantized_twin(dit_fp32, tmp_path):
 
 @pytest.mark.parametrize("fmt,in_header", [("float8_e4m3fn", True), ("float8_e5m2", False)])
 def test_comfy_quant_dit_equals_its_dequantized_twin(dit_fp32, tmp_path, fmt, in_header):
-    pair = _mixed_precision_pair(dit_model.load_dit_patcher, dit_fp32, linear_layers(dit_fp32, DIT_BLOCK_LINEARS), fmt,
+    pair = _mixed_precision_pair(model_loading.load_dit_patcher, dit_fp32, linear_layers(dit_fp32, DIT_BLOCK_LINEARS), fmt,
                                  in_header, tmp_path)
     if pair is None:
         return
@@ -169,7 +169,7 @@ def test_fp8_choice_on_a_quantized_file_is_refused(dit_fp32, tmp_path):
     stored, _ = legacy_scaled_fp8(dit_fp32, linear_layers(dit_fp32, DIT_BLOCK_LINEARS))
     path = save(stored, str(tmp_path / "dit-fp8-scaled.safetensors"))
     with pytest.raises(CheckpointError, match="already quantized.*weight_dtype"):
-        dit_model.load_dit_patcher(path, "fp8_e4m3fn")
+        model_loading.load_dit_patcher(path, "fp8_e4m3fn")
 
 
 # --- weights left unused ------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_unused_dit_weights_are_an_error(dit_fp32, tmp_path):
     extra = {**dit_fp32, "blocks.0.attn.qkv.scale_weight": torch.tensor(0.5)}  # a scale without the marker
     path = save(extra, str(tmp_path / "dit-stray-scale.safetensors"))
     with pytest.raises(CheckpointError, match=r"dit-stray-scale\.safetensors.*unused.*scale_weight"):
-        dit_model.load_dit_patcher(path)
+        model_loading.load_dit_patcher(path)
 
 
 def test_unused_t5_weights_are_an_error(t5_fp32, tmp_path):
@@ -203,7 +203,7 @@ def _deep_clones(patcher):
 @pytest.mark.parametrize("loader", ["dit", "repo"])
 def test_model_reloads_through_its_factory(sigma_ckpt, loader):
     path = sigma_ckpt.paths["original_safetensors" if loader == "dit" else "diffusers_repo"]
-    patcher = dit_model.load_dit_patcher(path, "fp32")
+    patcher = model_loading.load_dit_patcher(path, "fp32")
     positive, negative = _conds()
     reference = sample_tiny(patcher, positive, negative)
     for how, clone in _deep_clones(patcher).items():

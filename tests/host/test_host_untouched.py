@@ -30,7 +30,7 @@ pack = import_comfy(COMFYUI)
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 
-from pixart_sigma_nodes.nodes import dit_model, samplers, scheduler  # noqa: E402
+from pixart_sigma_nodes.nodes import model_loading, samplers, scheduler  # noqa: E402
 from pixart_sigma_nodes.pixart.config import DiTConfig  # noqa: E402
 from pixart_sigma_nodes.pixart.dit import PixArtDiT  # noqa: E402
 
@@ -139,7 +139,7 @@ def _decisions(patcher) -> dict:
 def _core_load(path, weight_dtype):
     """Core's diffusion-model loading with the options UNETLoader passes for the same choice (the file read with
     safetensors: comfy.utils.load_torch_file would read through comfy-aimdo, which the simulation does not start)."""
-    options = dict(dit_model.WEIGHT_DTYPES[weight_dtype])
+    options = dict(model_loading.WEIGHT_DTYPES[weight_dtype])
     return comfy.sd.load_diffusion_model_state_dict(load_file(path), model_options=options)
 
 
@@ -150,7 +150,7 @@ CASES = [("fp32", "default"), ("fp16", "default"), ("bf16", "default"), ("fp32",
 @pytest.mark.parametrize("stored, weight_dtype", CASES, ids=[f"{s}-{w}" for s, w in CASES])
 def test_dit_loader_decides_as_core_loader_on_cpu(full_width_files, stored, weight_dtype):
     core = _decisions(_core_load(full_width_files[stored], weight_dtype))
-    ours = _decisions(dit_model.load_dit_patcher(full_width_files[stored], weight_dtype))
+    ours = _decisions(model_loading.load_dit_patcher(full_width_files[stored], weight_dtype))
     assert ours == core
 
 
@@ -167,7 +167,7 @@ def test_dit_loader_decides_as_core_loader_on_simulated_nvidia(simulated_nvidia,
 
     monkeypatch.setattr(comfy.model_management, "unet_dtype", native_unet_dtype)
     core = _decisions(_core_load(full_width_files[stored], weight_dtype))
-    ours = _decisions(dit_model.load_dit_patcher(full_width_files[stored], weight_dtype))
+    ours = _decisions(model_loading.load_dit_patcher(full_width_files[stored], weight_dtype))
     assert ours["weight"] == ours["storage"]
     assert core["weight"] == {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[stored]
     assert {**ours, "weight": None} == {**core, "weight": None}

@@ -17,7 +17,7 @@ import_comfy(COMFYUI)
 import comfy.model_management  # noqa: E402
 import folder_paths  # noqa: E402
 
-from pixart_sigma_nodes.nodes import dit_model  # noqa: E402
+from pixart_sigma_nodes.nodes import model_loading  # noqa: E402
 from pixart_sigma_nodes.nodes.lora import PixArtLoraLoader  # noqa: E402
 
 comfy_nodes = importlib.import_module("nodes")  # ComfyUI's core nodes module
@@ -71,7 +71,7 @@ def _with_lora(model, name, strength, loader="core"):
 
 @pytest.fixture(scope="module")
 def base(sigma_ckpt):
-    return dit_model.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
+    return model_loading.load_dit_patcher(sigma_ckpt.paths["original_safetensors"], "fp32")
 
 
 @pytest.mark.parametrize("strength", [1.0, 0.5])

@@ -12,7 +12,7 @@ from host.comfy_host import require_comfyui
 COMFYUI = require_comfyui()
 import_comfy(COMFYUI)
 
-from pixart_sigma_nodes.nodes.kv_nodes import PixArtKVSampler  # noqa: E402
+from pixart_sigma_nodes.nodes.sampler_node import PixArtKVSampler  # noqa: E402
 from pixart_sigma_nodes.pixart import blocks  # noqa: E402
 
 comfy_nodes = importlib.import_module("nodes")  # ComfyUI's core nodes module

@@ -14,8 +14,8 @@ import_comfy(COMFYUI)
 
 import comfy.sample  # noqa: E402
 
-from pixart_sigma_nodes.nodes import dit_model  # noqa: E402
-from pixart_sigma_nodes.nodes.kv_nodes import apply_kv  # noqa: E402
+from pixart_sigma_nodes.nodes import dit_model, model_loading  # noqa: E402
+from pixart_sigma_nodes.nodes.kv_compress_node import apply_kv  # noqa: E402
 from pixart_sigma_nodes.nodes.two_stage import two_stage_model  # noqa: E402
 
 STEPS, CFG, SEED, SWITCH = 8, 4.5, 3, 400
@@ -73,8 +73,8 @@ def _reference(stage_one, stage_two) -> tuple[torch.Tensor, list[str]]:
 
 
 def test_two_stages_equal_the_reference_loop(stages):
-    one = dit_model.load_dit_patcher(stages["one"][1], "fp32")
-    two = dit_model.load_dit_patcher(stages["two"][1], "fp32")
+    one = model_loading.load_dit_patcher(stages["one"][1], "fp32")
+    two = model_loading.load_dit_patcher(stages["two"][1], "fp32")
     ours = _comfy(two_stage_model(one, two, SWITCH))
     reference, ran = _reference(stages["one"][0], stages["two"][0])
     print(f"\nstages per step: {' '.join(ran)}")
@@ -88,8 +88,8 @@ def test_two_stages_equal_the_reference_loop(stages):
 
 def test_kv_compression_and_caption_cache_in_both_stages(stages, monkeypatch):
     """A KV setting on the combined MODEL reaches both DiTs; each DiT encodes its captions once for its steps."""
-    one = dit_model.load_dit_patcher(stages["one"][1], "fp32")
-    two = dit_model.load_dit_patcher(stages["two"][1], "fp32")
+    one = model_loading.load_dit_patcher(stages["one"][1], "fp32")
+    two = model_loading.load_dit_patcher(stages["two"][1], "fp32")
     calls = {"one": 0, "two": 0}
     seen_kv = {"one": 0, "two": 0}
     for name, patcher in (("one", one), ("two", two)):
@@ -116,7 +116,7 @@ def test_kv_compression_and_caption_cache_in_both_stages(stages, monkeypatch):
 
 
 def test_stages_of_different_families_are_refused(stages, alpha_ckpt):
-    one = dit_model.load_dit_patcher(stages["one"][1], "fp32")
-    alpha = dit_model.load_dit_patcher(alpha_ckpt.paths["original_safetensors"], "fp32")
+    one = model_loading.load_dit_patcher(stages["one"][1], "fp32")
+    alpha = model_loading.load_dit_patcher(alpha_ckpt.paths["original_safetensors"], "fp32")
     with pytest.raises(ValueError, match="do not fit together.*family"):
         two_stage_model(one, alpha, SWITCH)
