@@ -3,12 +3,15 @@
 In chosen layers the keys and values of self-attention are spatially downsampled by s x s;
 queries keep full length, so the output shape is unchanged and attention costs N * N/s² instead of N².
 Modes:
-  avg      s x s mean of the tokens in each window (training-free; the paper's averaging-initialised conv).
-  nearest  nearest-neighbour interpolation onto the coarse grid (the official code's "ave").
-  uniform  every s-th token along each axis (strided slice).
+  avg      s x s mean of the tokens in each window (training-free; the official averaging-initialised conv before
+           its LayerNorm).
+  nearest  the official code's "ave": nearest-neighbour downsampling by 1/s, i.e. every s-th token along each axis.
+  uniform  the official code's "uniform": every s-th token along each axis (strided slice); the same tokens as nearest.
   conv     depthwise s x s conv + LayerNorm, only with trained `attn.sr` / `attn.norm` weights.
-Sides that are not multiples of s give ceil(H/s) x ceil(W/s) tokens: avg averages the tokens the edge
-window holds, conv sees edge tokens repeated (replicate padding).
+Reference: AttentionKVCompress.downsample_2d in the official PixArt-sigma code (diffusion/model/nets/PixArt_blocks.py).
+Sides that are not multiples of s give ceil(H/s) x ceil(W/s) tokens where the official code keeps floor(H/s) x
+floor(W/s) (or fails: its uniform reshape): the tokens both keep are the official ones, plus an edge row/column here,
+where avg averages the tokens the edge window holds and conv sees edge tokens repeated (replicate padding).
 """
 from __future__ import annotations
 
@@ -103,9 +106,7 @@ def compress_tokens(tokens: torch.Tensor, grid: tuple[int, int], ratio: int, mod
     if mode == "avg":
         # With ceil_mode and no padding each edge window divides by the tokens it actually holds.
         image = F.avg_pool2d(image, ratio, ratio, ceil_mode=True)
-    elif mode == "nearest":
-        image = F.interpolate(image, size=(out_h, out_w), mode="nearest")
-    elif mode == "uniform":
+    elif mode in ("nearest", "uniform"):
         image = image[:, :, ::ratio, ::ratio]
     elif mode == "conv":
         if conv is None or norm is None:

@@ -1,6 +1,7 @@
 """KV token compression: exactness when off, token counts, modes, trained conv, per-call switching."""
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
@@ -84,13 +85,8 @@ def test_modes_against_explicit_reference(size, ratio):
     tokens = grid.reshape(1, height * width, 5)
     avg = compress_tokens(tokens, size, ratio, "avg")
     assert torch.allclose(avg, _reference_avg(grid, ratio).reshape(1, -1, 5), atol=1e-6)
-    uniform = compress_tokens(tokens, size, ratio, "uniform")
-    assert torch.equal(uniform, grid[::ratio, ::ratio].reshape(1, -1, 5))
-    nearest = compress_tokens(tokens, size, ratio, "nearest")
-    out_h, out_w = -(-height // ratio), -(-width // ratio)
-    rows = [int(i * height / out_h) for i in range(out_h)]
-    cols = [int(j * width / out_w) for j in range(out_w)]
-    assert torch.equal(nearest, grid[rows][:, cols].reshape(1, -1, 5))
+    for mode in ("uniform", "nearest"):  # the official 'uniform' and 'ave' both pick every s-th token
+        assert torch.equal(compress_tokens(tokens, size, ratio, mode), grid[::ratio, ::ratio].reshape(1, -1, 5))
 
 
 @pytest.mark.parametrize("ratio", [2, 3, 4])
@@ -184,3 +180,93 @@ def test_kv_steps_follow_the_run_not_the_schedule():
     assert not in_compressed_steps(4.1 * (1 + 1e-6), run, 0.4)  # the 3rd step's own start, up to float rounding
     assert all(in_compressed_steps(level, run, 1.0) for level in run)
     assert not any(in_compressed_steps(level, run, 0.0) for level in run)
+
+
+# --- against the official AttentionKVCompress (PixArt-sigma diffusion/model/nets/PixArt_blocks.py) ----------------
+
+OFFICIAL_MODE = {"nearest": "ave", "uniform": "uniform", "conv": "conv", "avg": "conv"}  # avg: conv at its averaging init
+
+
+def _official_downsample(tokens, grid, ratio, sampling, conv=None, norm=None):
+    """AttentionKVCompress.downsample_2d's semantics, written here from the official code's description: tokens laid
+    out (B, C, H, W); 'ave' = F.interpolate(scale_factor=1/s, mode='nearest') (floor(H/s) x floor(W/s)); 'uniform' =
+    [..., ::s, ::s] (ceil; the official code then reshapes to floor(H/s) * floor(W/s) tokens, which fails on sides not
+    divisible by s); 'conv' = the depthwise conv (stride s, no padding: floor) then the LayerNorm. -> (B, h, w, C)"""
+    batch, _, channels = tokens.shape
+    image = tokens.reshape(batch, grid[0], grid[1], channels).permute(0, 3, 1, 2)
+    if sampling == "ave":
+        out = F.interpolate(image, scale_factor=1 / ratio, mode="nearest")
+    elif sampling == "uniform":
+        out = image[:, :, ::ratio, ::ratio]
+    else:
+        out = conv(image)
+    out = out.permute(0, 2, 3, 1)
+    return norm(out) if sampling == "conv" else out
+
+
+def _official_attention(attention, x, grid, ratio, sampling, conv, norm):
+    """AttentionKVCompress.forward on the same weights: q, k, v from qkv; keys and values downsampled; softmax attention
+    per head (scale 1/sqrt(head dim)); proj. -> (B, N, D)"""
+    batch, tokens, dim = x.shape
+    heads = attention.heads
+    q, k, v = attention.qkv(x).reshape(batch, tokens, 3, dim).unbind(2)
+    k, v = (_official_downsample(t, grid, ratio, sampling, conv, norm).reshape(batch, -1, dim) for t in (k, v))
+    q, k, v = (t.reshape(batch, -1, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
+    weights = (q @ k.transpose(-2, -1) / (dim // heads) ** 0.5).softmax(dim=-1)
+    return attention.proj((weights @ v).transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def _kv_layers(ratio, channels, generator, averaging):
+    conv = nn.Conv2d(channels, channels, ratio, ratio, groups=channels)
+    norm = nn.LayerNorm(channels)
+    with torch.no_grad():
+        if averaging:  # the official initialisation: weight 1/s^2, bias 0; avg is that conv without the LayerNorm
+            conv.weight.fill_(1.0 / ratio**2)
+            conv.bias.zero_()
+        else:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) / ratio)
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.1)
+            norm.weight.copy_(1 + torch.randn(channels, generator=generator) * 0.1)
+            norm.bias.copy_(torch.randn(channels, generator=generator) * 0.1)
+    return conv, norm
+
+
+@pytest.mark.parametrize("mode", ["avg", "nearest", "uniform", "conv"])
+@pytest.mark.parametrize("ratio", [2, 3, 4])
+def test_self_attention_equals_official_kv_compress_on_divisible_grids(mode, ratio):
+    from pixart_sigma_nodes.pixart.blocks import SelfAttention
+
+    generator = torch.Generator().manual_seed(ratio)
+    dim, grid = 144, (2 * ratio, 3 * ratio)
+    ours = SelfAttention(dim, 2, ratio if mode == "conv" else 0, False, nn)
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) / param.shape[-1] ** 0.5)
+    conv, norm = (ours.sr, ours.norm) if mode == "conv" else _kv_layers(ratio, dim, generator, averaging=True)
+    x = torch.randn(2, grid[0] * grid[1], dim, generator=generator)
+    with torch.no_grad():
+        out = ours(x, grid, sdpa_attention, KVCompress(ratio, frozenset({0}), mode))
+        official = _official_attention(ours, x, grid, ratio, OFFICIAL_MODE[mode], conv,
+                                       nn.Identity() if mode == "avg" else norm)
+    assert (out - official).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["avg", "nearest", "uniform", "conv"])
+@pytest.mark.parametrize("ratio", [2, 3, 4])
+@pytest.mark.parametrize("grid", [(7, 9), (5, 14), (13, 6)], ids=str)
+def test_odd_grids_keep_the_official_tokens_plus_an_edge(mode, ratio, grid):
+    """Sides not divisible by s: ceil(H/s) x ceil(W/s) tokens, of which the first floor(H/s) x floor(W/s) (uniform: all)
+    are the official ones."""
+    generator = torch.Generator().manual_seed(10 + ratio)
+    channels = 8
+    conv, norm = _kv_layers(ratio, channels, generator, averaging=mode == "avg")
+    tokens = torch.randn(2, grid[0] * grid[1], channels, generator=generator)
+    with torch.no_grad():
+        ours = compress_tokens(tokens, grid, ratio, mode, conv, norm)
+        official = _official_downsample(tokens, grid, ratio, OFFICIAL_MODE[mode], conv,
+                                        nn.Identity() if mode == "avg" else norm)
+    out_h, out_w = -(-grid[0] // ratio), -(-grid[1] // ratio)
+    ours = ours.reshape(2, out_h, out_w, channels)
+    kept_h, kept_w = official.shape[1:3]
+    assert (kept_h, kept_w) == ((out_h, out_w) if mode == "uniform" else (grid[0] // ratio, grid[1] // ratio))
+    assert (ours[:, :kept_h, :kept_w] - official).abs().max() <= 1e-6
