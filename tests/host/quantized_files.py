@@ -1,8 +1,8 @@
-"""Quantized weight files in the layouts ComfyUI reads, and their dequantized fp32 twins.
+"""Quantized weight files in the layouts ComfyUI reads, written from the published formats (ComfyUI's QUANTIZATION.md
+and the legacy scaled-fp8 text encoders), with per-tensor absmax scaling: weight = stored.float() * scale.
 
-Written from the published formats (ComfyUI's QUANTIZATION.md and the legacy scaled-fp8 text encoders), with
-per-tensor absmax scaling: weight = stored.float() * scale. The twin holds exactly those dequantized numbers in
-fp32, so a correct reader of the quantized file computes what the twin computes.
+Their dequantized fp32 twins are not made here: the tests read the written file back and dequantize it themselves
+(tests/host/test_host_loading.py), so a mistake in writing cannot hide in both.
 """
 from __future__ import annotations
 
@@ -33,39 +33,31 @@ def _quantize(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, t
     return (weight.float() / scale).to(dtype), scale.reshape(())
 
 
-def legacy_scaled_fp8(state_dict: dict[str, torch.Tensor], layers: list[str]):
-    """(file tensors, dequantized twin): fp8 weights, '.scale_weight' per layer and the 'scaled_fp8' marker.
-    Legacy hosts build each scaled Linear wholly in fp8, bias included, so the file holds biases in fp8 too."""
-    stored = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
-    twin = {}
-    for name, tensor in state_dict.items():
-        stored[name], twin[name] = tensor, tensor
+def legacy_scaled_fp8(state_dict: dict[str, torch.Tensor], layers: list[str]) -> dict[str, torch.Tensor]:
+    """File tensors: fp8 weights, '.scale_weight' per layer and the 'scaled_fp8' marker. Legacy hosts build each
+    scaled Linear wholly in fp8, bias included, so the file holds biases in fp8 too."""
+    stored = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn), **state_dict}
     for layer in layers:
-        weight, scale = _quantize(state_dict[f"{layer}.weight"], torch.float8_e4m3fn)
-        stored[f"{layer}.weight"], stored[f"{layer}.scale_weight"] = weight, scale
-        twin[f"{layer}.weight"] = weight.float() * scale
+        stored[f"{layer}.weight"], stored[f"{layer}.scale_weight"] = _quantize(state_dict[f"{layer}.weight"],
+                                                                               torch.float8_e4m3fn)
         if f"{layer}.bias" in state_dict:
             stored[f"{layer}.bias"] = state_dict[f"{layer}.bias"].to(torch.float8_e4m3fn)
-            twin[f"{layer}.bias"] = stored[f"{layer}.bias"].float()
-    return stored, twin
+    return stored
 
 
 def mixed_precision(state_dict: dict[str, torch.Tensor], layers: list[str], fmt: str = "float8_e4m3fn",
                     in_header: bool = True):
-    """(file tensors, header metadata, dequantized twin) in ComfyUI's mixed-precision format: '.weight_scale' per
-    layer and the layer formats either in the safetensors header (`_quantization_metadata`) or as per-layer
-    '.comfy_quant' tensors."""
+    """(file tensors, header metadata) in ComfyUI's mixed-precision format: '.weight_scale' per layer and the layer
+    formats either in the safetensors header (`_quantization_metadata`) or as per-layer '.comfy_quant' tensors."""
     dtype = FORMATS[fmt]
-    stored, twin = dict(state_dict), dict(state_dict)
+    stored = dict(state_dict)
     for layer in layers:
-        weight, scale = _quantize(state_dict[f"{layer}.weight"], dtype)
-        stored[f"{layer}.weight"], stored[f"{layer}.weight_scale"] = weight, scale
-        twin[f"{layer}.weight"] = weight.float() * scale
+        stored[f"{layer}.weight"], stored[f"{layer}.weight_scale"] = _quantize(state_dict[f"{layer}.weight"], dtype)
         if not in_header:
             stored[f"{layer}.comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
     header = {"_quantization_metadata": json.dumps(
         {"format_version": "1.0", "layers": {layer: {"format": fmt} for layer in layers}})} if in_header else None
-    return stored, header, twin
+    return stored, header
 
 
 def save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> str:

@@ -6,7 +6,7 @@ delegates. Features a host lacks are skipped with the reason (feature detection,
 """
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from bench.fixtures.models import original_layout, t5_state_dict, tiny_t5
 from bench.fixtures.pack import import_comfy
@@ -34,6 +34,9 @@ from pixart_sigma_nodes.pixart.checkpoint import CheckpointError  # noqa: E402
 HAS_MIXED_PRECISION = hasattr(comfy.utils, "detect_layer_quantization")
 HAS_MULTIGPU = hasattr(comfy.model_patcher.ModelPatcher, "deepclone_multigpu")
 TEXT = "a red dog riding a horse on the moon"
+# A quantized file and its dequantized twin, both with fp32 unquantized layers, compute the same numbers; what is left
+# is the order of float operations (measured: 0 for every T5 and mixed-precision DiT, 3.7e-7 for the legacy DiT).
+ROUNDING = 1e-6
 
 
 def _relative(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -109,26 +112,40 @@ def test_t5_storage_dtype_under_dynamic_vram(simulated_nvidia, t5_fp32, choice, 
 
 # --- quantized files ----------------------------------------------------------------------------------------------
 
+def _dequantized_twin(path: str, folder) -> str:
+    """The quantized file read back from disk and dequantized by the published rule (weight = stored.float() * its
+    scale: '.scale_weight' legacy, '.weight_scale' mixed precision; fp8 biases as floats), markers and per-layer
+    format tensors dropped; saved in fp32 beside it. -> the twin's path"""
+    stored = load_file(path)
+    twin = {}
+    for key, tensor in stored.items():
+        if key == "scaled_fp8" or key.endswith((".scale_weight", ".weight_scale", ".comfy_quant")):
+            continue
+        scale = stored.get(key[: -len(".weight")] + ".scale_weight", stored.get(key[: -len(".weight")] + ".weight_scale"))
+        twin[key] = tensor.float() * scale if key.endswith(".weight") and scale is not None else tensor.float()
+    return save(twin, str(folder / "dequantized-twin.safetensors"))
+
+
 def test_scaled_fp8_t5_equals_its_dequantized_twin(t5_fp32, tmp_path):
     state, _ = t5_fp32
-    stored, twin = legacy_scaled_fp8(state, linear_layers(state, T5_LINEARS))
-    quantized = t5_encoder.load_t5_clip(save(stored, str(tmp_path / "t5-fp8-scaled.safetensors")))
-    reference = t5_encoder.load_t5_clip(save(twin, str(tmp_path / "t5-twin.safetensors")), dtype="fp32")
+    path = save(legacy_scaled_fp8(state, linear_layers(state, T5_LINEARS)), str(tmp_path / "t5-fp8-scaled.safetensors"))
+    quantized = t5_encoder.load_t5_clip(path, dtype="fp32")
+    reference = t5_encoder.load_t5_clip(_dequantized_twin(path, tmp_path), dtype="fp32")
     relative = _relative(_t5_cond(quantized), _t5_cond(reference))
     print(f"\nscaled fp8 T5 vs its dequantized fp32 twin: relative L2 {relative:.2e}")
-    assert relative <= 0.01
+    assert relative <= ROUNDING
 
 
 def _mixed_precision_pair(load, state, layers, fmt, in_header, folder):
     """(the mixed-precision file loaded, its dequantized fp32 twin loaded); on a host that cannot read the format,
     checks that loading it is refused by name and returns None."""
-    stored, header, twin = mixed_precision(state, layers, fmt, in_header)
+    stored, header = mixed_precision(state, layers, fmt, in_header)
     path = save(stored, str(folder / f"{fmt}.safetensors"), header)
     if not HAS_MIXED_PRECISION:
         with pytest.raises(CheckpointError, match="mixed-precision quantization"):
             load(path)
         return None
-    return load(path), load(save(twin, str(folder / "twin.safetensors")), "fp32")
+    return load(path, "fp32"), load(_dequantized_twin(path, folder), "fp32")
 
 
 @pytest.mark.parametrize("fmt,in_header", [("float8_e4m3fn", True), ("float8_e5m2", False)])
@@ -140,16 +157,17 @@ def test_comfy_quant_t5_equals_its_dequantized_twin(t5_fp32, tmp_path, fmt, in_h
         return
     relative = _relative(*(_t5_cond(clip) for clip in pair))
     print(f"\n{fmt} comfy_quant T5 vs its dequantized fp32 twin: relative L2 {relative:.2e}")
-    assert relative <= 0.01
+    assert relative <= ROUNDING
 
 
 def test_scaled_fp8_dit_equals_its_dequantized_twin(dit_fp32, tmp_path):
-    stored, twin = legacy_scaled_fp8(dit_fp32, linear_layers(dit_fp32, DIT_ALL_LINEARS))
-    quantized = model_loading.load_dit_patcher(save(stored, str(tmp_path / "dit-fp8-scaled.safetensors")))
-    reference = model_loading.load_dit_patcher(save(twin, str(tmp_path / "dit-twin.safetensors")), "fp32")
+    path = save(legacy_scaled_fp8(dit_fp32, linear_layers(dit_fp32, DIT_ALL_LINEARS)),
+                str(tmp_path / "dit-fp8-scaled.safetensors"))
+    quantized = model_loading.load_dit_patcher(path, "fp32")
+    reference = model_loading.load_dit_patcher(_dequantized_twin(path, tmp_path), "fp32")
     relative = _relative(_dit_forward(quantized), _dit_forward(reference))
     print(f"\nscaled fp8 DiT vs its dequantized fp32 twin: relative L2 {relative:.2e}")
-    assert relative <= 0.01
+    assert relative <= ROUNDING
 
 
 @pytest.mark.parametrize("fmt,in_header", [("float8_e4m3fn", True), ("float8_e5m2", False)])
@@ -162,12 +180,12 @@ def test_comfy_quant_dit_equals_its_dequantized_twin(dit_fp32, tmp_path, fmt, in
     positive, negative = _conds()
     sampled = sample_tiny(pair[0], positive, negative)
     print(f"\n{fmt} comfy_quant DiT vs its dequantized fp32 twin: relative L2 {relative:.2e}")
-    assert relative <= 0.01 and torch.isfinite(sampled).all()
+    assert relative <= ROUNDING and torch.isfinite(sampled).all()
 
 
 def test_fp8_choice_on_a_quantized_file_is_refused(dit_fp32, tmp_path):
-    stored, _ = legacy_scaled_fp8(dit_fp32, linear_layers(dit_fp32, DIT_BLOCK_LINEARS))
-    path = save(stored, str(tmp_path / "dit-fp8-scaled.safetensors"))
+    path = save(legacy_scaled_fp8(dit_fp32, linear_layers(dit_fp32, DIT_BLOCK_LINEARS)),
+                str(tmp_path / "dit-fp8-scaled.safetensors"))
     with pytest.raises(CheckpointError, match="already quantized.*weight_dtype"):
         model_loading.load_dit_patcher(path, "fp8_e4m3fn")
 
