@@ -120,3 +120,30 @@ def test_stages_of_different_families_are_refused(stages, alpha_ckpt):
     alpha = model_loading.load_dit_patcher(alpha_ckpt.paths["original_safetensors"], "fp32")
     with pytest.raises(ValueError, match="do not fit together.*family"):
         two_stage_model(one, alpha, SWITCH)
+
+
+def test_a_lora_on_each_stage_equals_the_loop_with_both_merged(stages, tmp_path):
+    """A different LoRA on each stage through core's LoraLoaderModelOnly, before combining them: each stage runs with
+    its own LoRA, as the reference loop does with each PEFT adapter merged into its stage's weights."""
+    import importlib
+
+    import folder_paths
+
+    from lora_fixtures import ATTN_FF_TARGETS, merged, peft_lora
+
+    folder_paths.add_model_folder_path("loras", str(tmp_path))
+    adapted, names = {}, {}
+    for seed, stage in ((11, "one"), (12, "two")):
+        adapted[stage], state = peft_lora(stages[stage][0], ATTN_FF_TARGETS, seed=seed)
+        names[stage] = f"stage-{stage}-{seed}.safetensors"
+        save_file({f"transformer.{k}": v for k, v in state.items()}, str(tmp_path / names[stage]))
+    loader = importlib.import_module("nodes").LoraLoaderModelOnly()
+    patched = {stage: loader.load_lora_model_only(model_loading.load_dit_patcher(stages[stage][1], "fp32"),
+                                                   names[stage], 1.0)[0] for stage in ("one", "two")}
+    ours = _comfy(two_stage_model(patched["one"], patched["two"], SWITCH))
+    reference, _ = _reference(merged(adapted["one"], 1.0), merged(adapted["two"], 1.0))
+    without, _ = _reference(stages["one"][0], stages["two"][0])
+    error = ((ours - reference).abs().max() / reference.abs().max()).item()
+    print(f"\ntwo-stage run with a LoRA on each stage vs the loop with both merged: max abs / max {error:.1e}")
+    assert error <= 1e-5
+    assert ((ours - without).abs().max() / without.abs().max()).item() > 1e-3
