@@ -44,7 +44,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-node", help="id of the positive text node (default: found from the sampler)")
     parser.add_argument("--negative-node", help="id of the negative text node")
     parser.add_argument("--seed-node", help="id of the sampler node")
-    parser.add_argument("--job-timeout", type=float, default=1800.0, help="seconds one prompt may take (default 1800)")
+    parser.add_argument("--job-timeout", type=float, default=1800.0,
+                        help="seconds a prompt may go without any word from its server (progress, node starts) before "
+                             "the server is taken for hung (default 1800); a slow prompt that keeps reporting runs as "
+                             "long as it needs")
     parser.add_argument("--quiet", action="store_true", help="only the summary")
     ray = parser.add_argument_group("Ray mode")
     ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",

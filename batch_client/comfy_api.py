@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 import uuid
 from collections.abc import Callable
 
@@ -27,6 +26,8 @@ class ComfyConnection:
     def __init__(self, session, url: str, client_id: str, ws):
         self.session, self.url, self.client_id, self.ws = session, url, client_id, ws
 
+    HEARTBEAT = 20.0  # seconds between websocket pings: a server that misses a pong (a hung process) is gone
+
     @classmethod
     async def open(cls, url: str) -> ComfyConnection:
         import aiohttp
@@ -35,7 +36,8 @@ class ComfyConnection:
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         client_id = uuid.uuid4().hex
         try:
-            ws = await session.ws_connect(re.sub(r"^http", "ws", url) + f"/ws?clientId={client_id}", heartbeat=20)
+            ws = await session.ws_connect(re.sub(r"^http", "ws", url) + f"/ws?clientId={client_id}",
+                                          heartbeat=cls.HEARTBEAT)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
             await session.close()
             raise ServerDown(f"cannot connect ({err})") from err
@@ -55,18 +57,24 @@ class ComfyConnection:
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
             raise ServerDown(f"/object_info failed ({err})") from err
 
-    async def run(self, graph: dict, timeout: float = 1800.0,
+    async def run(self, graph: dict, silence: float = 1800.0,
                   on_progress: Callable[[int, int], None] | None = None) -> list[bytes]:
         """Queue the graph, wait for it on the websocket and return the PNG bytes of every output image.
-        Raises PromptFailed when the server refuses or fails it, ServerDown when the server goes away."""
+
+        silence: seconds the server may send nothing (no progress, no node start, no status) before it is taken for
+        hung; a slow prompt that keeps reporting runs as long as it needs. A server whose process stops answering
+        misses the websocket heartbeat and is taken for gone within about 1.5 heartbeats, whatever `silence` is.
+        Raises PromptFailed when the server refuses or fails the prompt, ServerDown when the server goes away."""
         import aiohttp
 
         try:
-            return await self._run(graph, timeout, on_progress)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+            return await self._run(graph, silence, on_progress)
+        except asyncio.TimeoutError as err:
+            raise ServerDown(f"no word from the server for {silence:g} s (--job-timeout)") from err
+        except (aiohttp.ClientError, OSError) as err:
             raise ServerDown(f"{type(err).__name__}: {err}") from err
 
-    async def _run(self, graph, timeout, on_progress) -> list[bytes]:
+    async def _run(self, graph, silence, on_progress) -> list[bytes]:
         import aiohttp
 
         async with self.session.post(f"{self.url}/prompt", json={"prompt": graph, "client_id": self.client_id}) as response:
@@ -76,9 +84,8 @@ class ComfyConnection:
             if response.status != 200:
                 raise PromptFailed(f"workflow refused: {json.dumps(body)[:500]}")
         prompt_id = body["prompt_id"]
-        deadline = time.time() + timeout
         while True:
-            msg = await asyncio.wait_for(self.ws.receive(), timeout=max(1.0, deadline - time.time()))
+            msg = await asyncio.wait_for(self.ws.receive(), timeout=silence)  # any message resets the wait
             if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
                 raise ServerDown("websocket closed")
             if msg.type != aiohttp.WSMsgType.TEXT:

@@ -2,6 +2,7 @@
 free port, this pack in its custom nodes, scratch output/temp folders of its own, and gone when its worker goes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -178,6 +179,8 @@ class ComfyProcess:
     def stop(self, keep_log: bool = False) -> None:
         """End the server and remove its scratch folder (keep_log: all but its log, for a server that failed)."""
         if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGCONT)  # a stopped (hung) ComfyUI must run to take the SIGTERM
             self.process.terminate()
             try:
                 self.process.wait(timeout=20)

@@ -41,9 +41,9 @@ def batch(tmp_path, comfy_base):
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     ray_temp = RayTemp()
 
-    def args(*extra, workers=2, out="images"):
+    def args(*extra, workers=2, out="images", prompts="prompts.txt"):
         args.tmpdir = ray_temp.tmp
-        return ["--workflow", str(tmp_path / "workflow.json"), "--prompts", str(tmp_path / "prompts.txt"),
+        return ["--workflow", str(tmp_path / "workflow.json"), "--prompts", str(tmp_path / prompts),
                 "--out", str(tmp_path / out), "--seed", "100", "--ray", "--comfyui", COMFYUI,
                 f"--comfy-arg=--base-directory={comfy_base}", "--workers", str(workers), "--ray-temp-dir",
                 ray_temp.path, "--no-dashboard", *extra]
@@ -134,6 +134,124 @@ def test_a_worker_whose_comfyui_dies_is_restarted_and_its_prompt_runs_again(batc
     assert output.count("ready in") == 3, output  # Ray restarted the worker: a third ComfyUI started
     done = [int(job) for _, _, job, state in worker_lines(lines) if state == "done"]
     assert sorted(done) == list(range(8)), done  # each prompt delivered once
+
+
+def _comfyui_pids() -> dict[int, str]:
+    """pid -> port of every ComfyUI (main.py --port N) running on this machine."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                args = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if b"main.py" in args and b"--port" in args:
+            found[int(pid)] = args[args.index(b"--port") + 1].decode()
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running or stopped, not a zombie and not gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_hung_comfyui_is_replaced_and_its_prompt_runs_again(batch, tmp_path):
+    """SIGSTOP (alive, never answers) mid-prompt: the worker hears nothing (--job-timeout) and misses the websocket's
+    heartbeat, ends the stopped ComfyUI and exits; Ray restarts it and the prompt runs again."""
+    stopped = {}
+
+    def stop_after_first_prompt(line):
+        match = WORKER_LINE.match(line)
+        if stopped or not match:
+            return
+        url, port, _, _ = match.groups()
+        deadline = time.time() + 20
+        while time.time() < deadline and not _running(url):
+            time.sleep(0.05)
+        stopped["url"], stopped["busy"], stopped["pid"] = url, _running(url), _comfyui_pid(port)
+        os.kill(stopped["pid"], signal.SIGSTOP)
+
+    started = time.time()
+    status, lines = run_client(batch("--job-timeout", "15"), on_line=stop_after_first_prompt, tmpdir=batch.tmpdir)
+    output = "\n".join(lines)
+    print(f"\n{time.time() - started:.1f} s, exit status {status}; stopped ComfyUI {stopped}\n" + "\n".join(lines[-4:]))
+    assert stopped.get("pid") and stopped["busy"], (stopped, output)
+    assert status == 0 and "8 of 8 prompts done, 0 failed" in output, output
+    assert re.search(rf"worker {re.escape(stopped['url'])} on \S+: ComfyUI stopped answering during job \d+", output), output
+    assert output.count("ready in") == 3, output
+    check_images_and_manifest(tmp_path / "images")
+    assert not _alive(stopped["pid"]), "the hung ComfyUI was left behind"
+
+
+def test_a_prompt_whose_retries_run_out_is_reported_and_the_rest_run(batch, tmp_path):
+    """Every ComfyUI that runs job 3 is killed: Ray restarts the worker and retries it --retries times, then the
+    prompt is reported failed; the other seven are delivered; exit status 1."""
+    import threading
+
+    kills, done = [], threading.Event()
+
+    def kill_whoever_runs_job_3():
+        while not done.is_set():
+            for pid, port in _comfyui_pids().items():
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/queue", timeout=2) as response:
+                        running = json.loads(response.read())["queue_running"]
+                except OSError:
+                    continue
+                if any("batch_0003" in json.dumps(item[2]) for item in running):
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=kill_whoever_runs_job_3, daemon=True)
+    watcher.start()
+    try:
+        status, lines = run_client(batch("--retries", "1"), tmpdir=batch.tmpdir)
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    output = "\n".join(lines)
+    print(f"\nexit status {status}; job 3 killed {len(kills)} times\n" + "\n".join(lines[-4:]))
+    assert status == 1 and "7 of 8 prompts done, 1 failed" in output, output
+    assert len(kills) == 2, kills  # the first run and its one retry
+    manifest = {entry["index"]: entry for entry in
+                (json.loads(line) for line in (tmp_path / "images" / "manifest.jsonl").read_text().splitlines())}
+    assert "no result" in manifest[3]["error"] and "--retries 1" in manifest[3]["error"], manifest[3]
+    assert all(manifest[index]["error"] is None for index in manifest if index != 3), manifest
+
+
+def test_a_prompt_comfyui_refuses_is_failed_once_not_retried(batch, tmp_path):
+    """A seed below 0 fails ComfyUI's validation: the prompt is reported failed with ComfyUI's reason, once, and no
+    worker is restarted for it (it would fail the same way anywhere)."""
+    rows = [{"prompt": text, **({"seed": -1} if index == 2 else {})} for index, text in enumerate(PROMPTS)]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    status, lines = run_client(batch(prompts="prompts.jsonl"), tmpdir=batch.tmpdir)
+    output = "\n".join(lines)
+    print(f"\nexit status {status}\n" + "\n".join(lines[-4:]))
+    assert status == 1 and "7 of 8 prompts done, 1 failed" in output, output
+    failed = [line for line in lines if re.search(r"job 2 FAILED", line)]
+    assert len(failed) == 1 and "workflow refused" in failed[0], failed
+    assert output.count("ready in") == 2, output  # no worker was restarted for it
+
+
+def test_a_slow_healthy_prompt_is_not_taken_for_dead(batch, tmp_path):
+    """--job-timeout measures silence, not duration: prompts that take several times the timeout but report
+    progress every step run through, on the first try, with no restart."""
+    (tmp_path / "workflow.json").write_text(json.dumps(tiny_workflow(steps=2500)))
+    (tmp_path / "prompts4.txt").write_text("\n".join(PROMPTS[:4]) + "\n")
+    started = time.time()
+    status, lines = run_client(batch("--job-timeout", "3", prompts="prompts4.txt"), tmpdir=batch.tmpdir)
+    output = "\n".join(lines)
+    manifest = [json.loads(line) for line in (tmp_path / "images" / "manifest.jsonl").read_text().splitlines()]
+    seconds = [entry["seconds"] for entry in manifest]
+    print(f"\n{time.time() - started:.1f} s, exit status {status}; seconds per prompt {seconds}\n" + "\n".join(lines[-2:]))
+    assert status == 0 and "4 of 4 prompts done, 0 failed" in output, output
+    assert max(seconds) > 3 * 2, seconds  # well past the timeout
+    assert output.count("ready in") == 2 and "stopped answering" not in output, output
 
 
 def test_every_worker_broken_ends_with_a_summary_and_status_1(batch, tmp_path):
