@@ -117,26 +117,35 @@ def _latent(server, entry):
 
 
 def test_kv_patch_node_leaves_the_model_unpatched(server):
-    extra = {"patch": {"class_type": "PixArtKVCompress", "inputs": {"model": ["dit", 0], "kv_compress": "2x2",
-                                                                    "kv_layers": "all", "kv_mode": "avg", "kv_steps": 1.0}},
-             "ksampler": {"class_type": "KSampler", "inputs": {
-                 "model": ["patch", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-                 "seed": 5, "steps": 20, "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "pixart_reference",
-                 "denoise": 1.0}},
-             "save_patched": {"class_type": "SaveLatent", "inputs": {"samples": ["ksampler", 0],
-                                                                     "filename_prefix": "patched"}}}
-    entry = server.run(_sample_only("sigma-tiny.safetensors", 5, extra_nodes=extra))
+    """PixArt KV Compression's MODEL samples compressed; the MODEL it was given does not: a graph with the patch node
+    runs first, then the plain sampler on the loader's same (cached) MODEL must equal it on a freshly loaded one."""
+    graph = _sample_only("sigma-tiny.safetensors", 5, extra_nodes={
+        "patch": {"class_type": "PixArtKVCompress", "inputs": {"model": ["dit", 0], "kv_compress": "2x2",
+                                                               "kv_layers": "all", "kv_mode": "avg", "kv_steps": 1.0}},
+        "ksampler": {"class_type": "KSampler", "inputs": {
+            "model": ["patch", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": 5, "steps": 20, "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "pixart_reference",
+            "denoise": 1.0}},
+        "save_patched": {"class_type": "SaveLatent", "inputs": {"samples": ["ksampler", 0], "filename_prefix": "patched"}}})
+    for key in ("sample", "save_latent"):
+        graph.pop(key)
+    entry = server.run(graph)
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    unpatched = _latent(server, entry)  # the sampler node used the original MODEL in the same graph
     info = entry["outputs"]["save_patched"]["latents"][0]
     patched = load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
+    # the plain sampler on the loader's MODEL the patch node was given (the loader answered from the cache); kv_layers
+    # set while kv_compress is off cannot change the result and makes ComfyUI run the sampler
+    after = server.run(_sample_only("sigma-tiny.safetensors", 5, kv_layers="14-27"))
+    assert "dit" in cached_nodes(after) and "sample" not in cached_nodes(after), cached_nodes(after)
+    # the same on a freshly loaded MODEL ('default' storage is fp32 on this CPU: the same weights)
+    fresh_graph = _sample_only("sigma-tiny.safetensors", 5, kv_layers="0-1")
+    fresh_graph["dit"]["inputs"]["weight_dtype"] = "default"
+    fresh = server.run(fresh_graph)
+    assert "dit" not in cached_nodes(fresh) and "sample" not in cached_nodes(fresh), cached_nodes(fresh)
+    assert torch.equal(_latent(server, after), _latent(server, fresh))
     compressed = _latent(server, server.run(_sample_only("sigma-tiny.safetensors", 5, kv_compress="2x2", kv_layers="all")))
-    # the same sampling again, with kv_layers set while kv_compress is off (it cannot change the result), so that
-    # ComfyUI runs the sampler instead of answering from its cache
-    again = server.run(_sample_only("sigma-tiny.safetensors", 5, kv_layers="14-27"))
-    assert "sample" not in cached_nodes(again) and "sample" not in cached_nodes(entry)
-    assert torch.equal(unpatched, _latent(server, again))
     assert torch.allclose(patched, compressed, atol=1e-6)
+    assert not torch.allclose(patched, _latent(server, fresh), atol=1e-4)
 
 
 def test_null_caption_negative_and_img2img_and_upscale(server):

@@ -218,14 +218,23 @@ def test_memory_and_file_handles_are_stable_over_30_runs(server):
     assert fds[-1] <= fds[2] + 4, f"file descriptors grew from {fds[2]} to {fds[-1]}"
 
 
+def _text(seed: int) -> str:
+    """A different prompt per seed, so that nothing of one prompt (its caption's keys and values) can pass for
+    another's unseen."""
+    return ("a red dog", "a blue cat on the moon", "an astronaut riding a horse", "a city at night")[seed % 4]
+
+
 def test_ten_prompts_from_three_clients(server):
+    """Ten prompts (different texts, every odd seed KV-compressed) from three clients at once: each one's output is
+    what the same prompt gives alone on a freshly loaded model, so nothing of one prompt reaches another."""
     seeds = list(range(200, 210))
     results, errors = {}, []
 
     def client(my_seeds):
         for seed in my_seeds:
+            kv = {"kv_compress": "2x2", "kv_layers": "all"} if seed % 2 else {}
             try:
-                results[seed] = server.run(_sampler_graph(seed=seed, prefix=f"conc{seed}"))
+                results[seed] = server.run(_sampler_graph(seed=seed, prefix=f"conc{seed}", text=_text(seed), **kv))
             except Exception as err:  # noqa: BLE001 - reported below
                 errors.append(f"{seed}: {err}")
 
@@ -241,10 +250,12 @@ def test_ten_prompts_from_three_clients(server):
         assert entry["status"]["status_str"] == "success", error_message(entry)
         assert entry["outputs"]["save"]["latents"][0]["filename"].startswith(f"conc{seed}")
         latents[seed] = _latent(server, entry)
-    # seed 204 again, alone; kv_layers set while kv_compress is off (it cannot change the result) makes ComfyUI run
-    # the sampler instead of answering from its cache
-    entry = server.run(_sampler_graph(seed=204, prefix="alone", kv_layers="14-27"))
-    assert "sample" not in cached_nodes(entry), cached_nodes(entry)
+    # seed 204 again, alone, on a freshly loaded DiT: fp32 storage instead of 'default' (fp32 on this CPU: the same
+    # weights) makes ComfyUI load the model again and run the sampler instead of answering from its cache
+    graph = _sampler_graph(seed=204, prefix="alone", text=_text(204))
+    graph["dit"]["inputs"]["weight_dtype"] = "fp32"
+    entry = server.run(graph)
+    assert not {"dit", "sample"} & cached_nodes(entry), cached_nodes(entry)
     alone = _latent(server, entry)
     assert torch.equal(latents[204], alone), "a prompt's output depends on what ran beside it"
     assert not torch.equal(latents[204], latents[205])
