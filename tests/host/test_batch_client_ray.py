@@ -86,16 +86,22 @@ def test_eight_prompts_over_two_ray_workers(batch, tmp_path):
     assert sorted(int(job) for _, _, job, _ in worker_lines(lines)) == list(range(8))  # one log line per prompt
 
 
-def _comfyui_pid(port: str) -> int | None:
+def _comfyui_pids() -> dict[int, str]:
+    """pid -> port of every ComfyUI (main.py --port N) running on this machine."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 args = fh.read().split(b"\0")
         except OSError:
             continue
-        if b"main.py" in args and b"--port" in args and args[args.index(b"--port") + 1] == port.encode():
-            return int(pid)
-    return None
+        if b"main.py" in args and b"--port" in args:
+            found[int(pid)] = args[args.index(b"--port") + 1].decode()
+    return found
+
+
+def _comfyui_pid(port: str) -> int | None:
+    return next((pid for pid, found in _comfyui_pids().items() if found == port), None)
 
 
 def _running(url: str) -> bool:
@@ -134,20 +140,6 @@ def test_a_worker_whose_comfyui_dies_is_restarted_and_its_prompt_runs_again(batc
     assert output.count("ready in") == 3, output  # Ray restarted the worker: a third ComfyUI started
     done = [int(job) for _, _, job, state in worker_lines(lines) if state == "done"]
     assert sorted(done) == list(range(8)), done  # each prompt delivered once
-
-
-def _comfyui_pids() -> dict[int, str]:
-    """pid -> port of every ComfyUI (main.py --port N) running on this machine."""
-    found = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                args = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if b"main.py" in args and b"--port" in args:
-            found[int(pid)] = args[args.index(b"--port") + 1].decode()
-    return found
 
 
 def _alive(pid: int) -> bool:

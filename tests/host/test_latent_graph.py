@@ -9,12 +9,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bench.fixtures.comfy_server import cached_nodes, error_message
-from bench.fixtures.models_folder import REPO
+from bench.fixtures.reference_runs import PROMPT, text_to_image
 from bench.fixtures.schedulers import pixart_sigma_scheduler
 from host.comfy_host import require_comfyui
 
 require_comfyui()
-PROMPT = "A photo of a CAT riding the moon"
+
 SDXL_SCALE = 0.13025
 
 
@@ -28,24 +28,7 @@ def _pipeline(server, transformer):
 
 
 def _graph(dit_name, width, height, binning, seed, **sampler):
-    return {
-        "t5": {"class_type": "PixArtT5Loader", "inputs": {"t5_name": f"diffusers/{REPO}", "dtype": "fp32",
-                                                           "device": "default", "caption_length": "sigma_300"}},
-        "pos": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["t5", 0], "text": PROMPT}},
-        "neg": {"class_type": "PixArtTextEncode", "inputs": {"clip": ["t5", 0], "text": ""}},
-        "dit": {"class_type": "PixArtDiTLoader", "inputs": {"dit_name": dit_name, "weight_dtype": "fp32"}},
-        "latent": {"class_type": "PixArtEmptyLatent", "inputs": {"width": width, "height": height, "batch_size": 1,
-                                                                 "binning": binning, "model": ["dit", 0]}},
-        "sample": {"class_type": "PixArtKVSampler", "inputs": {
-            "model": ["dit", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": seed, "steps": 20, "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "pixart_reference",
-            "denoise": 1.0, "kv_compress": "off", "kv_layers": "", "kv_mode": "avg", "kv_steps": 1.0, **sampler}},
-        "save_latent": {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": f"lat{seed}"}},
-        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "vae-tiny.safetensors"}},
-        "decode": {"class_type": "PixArtVAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0],
-                                                               "tiling": "auto", "tile_size": 1024}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": f"img{seed}"}},
-    }
+    return text_to_image(dit_name, "sigma_300", seed, f"lat{seed}", width=width, height=height, binning=binning, **sampler)
 
 
 def _outputs(server, entry):
