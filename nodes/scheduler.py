@@ -3,7 +3,9 @@
 - pixart_reference: diffusers' PixArt pipelines' timesteps round(linspace(0, 999, steps+1)) reversed, last dropped,
   then sigma 0 (DPM-Solver++ 2M, the default recipe);
 - pixart_sa_solver: the same timesteps ending at the t = 0 noise level instead of 0 (diffusers' SASolverScheduler);
-- pixart_lcm: LCMScheduler's timesteps on the 50-step distilled grid ([999, 759, 499, 259] for 4), then 0;
+- pixart_lcm: the PixArt-α authors' LCMScheduler timesteps on the 50-step distilled grid, every (50 // steps)-th
+  from the top ([999, 759, 519, 279] for 4), then 0 (PixArt-alpha scripts/inference_lcm.py);
+- pixart_lcm_diffusers: today's diffusers LCMScheduler timesteps ([999, 759, 499, 259] for 4), then 0;
 - pixart_dmd: the DMD checkpoint's single step at t = 400, then 0 (whatever the step count).
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import comfy.samplers
 import torch
 
-from ..pixart.recipes import DMD, LCM, REFERENCE, SA_SOLVER
+from ..pixart.recipes import DMD, LCM, LCM_DIFFUSERS, REFERENCE, SA_SOLVER
 from ..pixart.schedule import DMD_TIMESTEP, lcm_timesteps, reference_timesteps
 
 
@@ -32,14 +34,19 @@ def sa_solver_scheduler(model_sampling, steps: int) -> torch.Tensor:
 
 
 def lcm_scheduler(model_sampling, steps: int) -> torch.Tensor:
-    return _at(model_sampling, lcm_timesteps(steps, train_steps=len(model_sampling.sigmas)))
+    return _at(model_sampling, lcm_timesteps(steps, train_steps=len(model_sampling.sigmas), rule="official"))
+
+
+def lcm_diffusers_scheduler(model_sampling, steps: int) -> torch.Tensor:
+    return _at(model_sampling, lcm_timesteps(steps, train_steps=len(model_sampling.sigmas), rule="diffusers"))
 
 
 def dmd_scheduler(model_sampling, steps: int) -> torch.Tensor:
     return _at(model_sampling, [DMD_TIMESTEP])
 
 
-SCHEDULERS = {REFERENCE: reference_scheduler, SA_SOLVER: sa_solver_scheduler, LCM: lcm_scheduler, DMD: dmd_scheduler}
+SCHEDULERS = {REFERENCE: reference_scheduler, SA_SOLVER: sa_solver_scheduler, LCM: lcm_scheduler,
+              LCM_DIFFUSERS: lcm_diffusers_scheduler, DMD: dmd_scheduler}
 
 
 def register() -> None:

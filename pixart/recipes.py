@@ -16,7 +16,8 @@ CUSTOM = "custom"  # the sampler node's own steps / cfg / sampler / scheduler in
 # together); nodes/samplers.py and nodes/scheduler.py register them under these names.
 REFERENCE = "pixart_reference"  # scheduler: diffusers' PixArt timesteps (pixart.schedule.reference_timesteps)
 SA_SOLVER = "pixart_sa_solver"
-LCM = "pixart_lcm"
+LCM = "pixart_lcm"  # sampler; and the scheduler of the PixArt-α authors' LCM timesteps
+LCM_DIFFUSERS = "pixart_lcm_diffusers"  # scheduler: today's diffusers LCMScheduler timesteps
 DMD = "pixart_dmd"
 DPM_SOLVER_2M = "dpmpp_2m"  # ComfyUI's own DPM-Solver++ 2M
 
@@ -48,7 +49,8 @@ RECIPES = {recipe.name: recipe for recipe in (
     Recipe("sigma_sa_solver", "PixArt-Σ SA-Solver as the PixArt-Σ app runs it: 25 steps, cfg 3, predictor/corrector "
            "order 2/2, tau 1 for t in [200, 800], data prediction", 25, 3.0, SA_SOLVER, SA_SOLVER,
            family=SIGMA),
-    Recipe("alpha_lcm_1024", "PixArt-α LCM 1024 (PixArt-LCM-XL-2-1024-MS): LCMScheduler, 4 steps, no guidance",
+    Recipe("alpha_lcm_1024", "PixArt-α LCM 1024 (PixArt-LCM-XL-2-1024-MS) as its authors' inference_lcm.py runs it: "
+           "their LCMScheduler's timesteps (999, 759, 519, 279 for 4 steps), 4 steps, no guidance",
            4, 1.0, LCM, LCM, family=ALPHA, trained_resolution=1024),
     Recipe("alpha_dmd_512", "PixArt-α DMD 512 (PixArt-Alpha-DMD-XL-2-512x512): one step at t=400 from pure noise, "
            "no guidance", 1, 1.0, DMD, DMD, family=ALPHA, trained_resolution=512),

@@ -1,4 +1,5 @@
 """Resolution bins and the noise schedule against the diffusers reference."""
+import numpy as np
 import pytest
 import torch
 
@@ -74,7 +75,7 @@ def test_resize_back_follows_the_latent():
     assert resize_back_size(requested, binned, (192, 400)) is None  # changed shape: kept as decoded
 
 
-def test_lcm_timesteps_equal_the_lcm_scheduler():
+def test_lcm_diffusers_rule_equals_diffusers_lcm_scheduler():
     from diffusers import LCMScheduler
 
     from pixart_sigma_nodes.pixart.schedule import lcm_timesteps
@@ -82,9 +83,45 @@ def test_lcm_timesteps_equal_the_lcm_scheduler():
     scheduler = LCMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")  # PixArt-LCM's config
     for steps in range(1, 51):
         scheduler.set_timesteps(steps)
-        assert lcm_timesteps(steps) == scheduler.timesteps.tolist(), steps
+        assert lcm_timesteps(steps, rule="diffusers") == scheduler.timesteps.tolist(), steps
     with pytest.raises(ValueError, match="between 1 and 50"):
         lcm_timesteps(51)
+
+
+def _authors_lcm_timesteps(steps: int, origin_steps: int = 50, train_steps: int = 1000) -> list[int]:
+    """The PixArt-α authors' LCMScheduler.set_timesteps(steps, origin_steps) (PixArt-alpha diffusion/lcm_scheduler.py),
+    written out from its description: the training grid range(1, origin + 1) * (T // origin) - 1, read backwards every
+    len(grid) // steps, the first `steps` of it."""
+    grid = np.arange(1, origin_steps + 1) * (train_steps // origin_steps) - 1
+    return grid[:: -(len(grid) // steps)][:steps].tolist()
+
+
+def test_lcm_official_rule_equals_the_authors_scheduler():
+    from pixart_sigma_nodes.pixart.schedule import lcm_timesteps
+
+    assert lcm_timesteps(4) == [999, 759, 519, 279]  # the recipe's 4 steps (diffusers today: 999, 759, 499, 259)
+    for steps in range(1, 51):
+        assert lcm_timesteps(steps) == _authors_lcm_timesteps(steps), steps
+    official = _official_lcm_scheduler()
+    if official is not None:  # the authors' class itself, when PIXART_ALPHA_REPO names a checkout
+        for steps in range(1, 51):
+            official.set_timesteps(steps, 50)
+            assert lcm_timesteps(steps) == official.timesteps.tolist(), steps
+
+
+def _official_lcm_scheduler():
+    """PixArt-alpha's diffusion/lcm_scheduler.LCMScheduler (PixArt-LCM's config) from PIXART_ALPHA_REPO, or None."""
+    import importlib.util
+    import os
+
+    repo = os.environ.get("PIXART_ALPHA_REPO")
+    path = os.path.join(repo, "diffusion", "lcm_scheduler.py") if repo else ""
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("pixart_alpha_lcm_scheduler", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LCMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon")
 
 
 def test_recipes_name_the_checkpoints_they_fit():

@@ -49,15 +49,41 @@ def test_dmd_recipe_equals_the_dmd_app(server, dmd_model):
              max_sequence_length=120)
 
 
-def test_lcm_recipe_equals_the_lcm_pipeline(server, alpha_ckpt):
-    """PixArt-LCM-XL-2-1024-MS: LCMScheduler (original_inference_steps 50, linear betas), 4 steps, guidance 0."""
+AUTHORS_LCM_4_STEPS = [999, 759, 519, 279]  # PixArt-alpha diffusion/lcm_scheduler.py set_timesteps(4, 50)
+
+
+def _lcm_scheduler():
     from diffusers import LCMScheduler
 
+    return LCMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon")
+
+
+def test_lcm_recipe_equals_the_authors_lcm_loop(server, alpha_ckpt):
+    """PixArt-LCM-XL-2-1024-MS as its authors run it (PixArt-alpha scripts/inference_lcm.py): their LCMScheduler's
+    set_timesteps(4, 50) picks every 12th of the 50 distilled timesteps, [999, 759, 519, 279]; their step is the LCM
+    boundary condition (c_skip, c_out with t / 0.1) and fresh noise to the next timestep, the result the last step's
+    denoised sample: what diffusers' LCMScheduler computes given those timesteps, so the reference is diffusers'
+    pipeline with them, its noise from the pipeline's generator; guidance 0, micro-conditions from the size."""
     seed = 22
     ours = graph_outputs(server, _graph("alpha-tiny.safetensors", "alpha_120", "alpha_lcm_1024", seed, negative=False))
-    scheduler = LCMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon")
-    pipe = _pipeline(server, "alpha", alpha_ckpt.model, scheduler)
-    compare("LCM", "alpha", ours, pipe, seed, guidance_scale=0.0, num_inference_steps=4, max_sequence_length=120)
+    pipe = _pipeline(server, "alpha", alpha_ckpt.model, _lcm_scheduler())
+    compare("LCM (the authors' timesteps)", "alpha", ours, pipe, seed, guidance_scale=0.0,
+            timesteps=AUTHORS_LCM_4_STEPS, max_sequence_length=120)
+
+
+def test_lcm_diffusers_scheduler_equals_diffusers_lcm(server, alpha_ckpt):
+    """The pixart_lcm_diffusers scheduler (today's diffusers LCMScheduler: 999, 759, 499, 259) in core KSampler, for
+    users matching diffusers."""
+    seed = 25
+    graph = _graph("alpha-tiny.safetensors", "alpha_120", "custom", seed, negative=False)
+    graph["neg"]["inputs"]["text"] = ""
+    graph["sample"] = {"class_type": "KSampler", "inputs": {
+        "model": ["dit", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+        "seed": seed, "steps": 4, "cfg": 1.0, "sampler_name": "pixart_lcm", "scheduler": "pixart_lcm_diffusers",
+        "denoise": 1.0}}
+    pipe = _pipeline(server, "alpha", alpha_ckpt.model, _lcm_scheduler())
+    compare("LCM (diffusers' timesteps) in KSampler", "alpha", graph_outputs(server, graph), pipe, seed,
+            guidance_scale=0.0, num_inference_steps=4, max_sequence_length=120)
 
 
 def _sa_solver_pipeline(server, sigma_ckpt):
