@@ -8,6 +8,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..pixart.caption import MAX_CAPTION_TOKENS
 from ..pixart.checkpoint.files import read_checkpoint
 from ..pixart.config import CAPTION_TOKENS
 from . import host, model_files
@@ -15,9 +16,20 @@ from .model_loading import WEIGHT_DTYPES, load_dit_patcher
 from .t5_encoder import T5_DTYPES, load_t5_clip
 
 CAPTION_LENGTHS = {f"{family}_{tokens}": tokens for family, tokens in CAPTION_TOKENS.items()}  # sigma_300, alpha_120
+CUSTOM_LENGTH = "custom"
 
-_CAPTION_TOOLTIP = ("Token budget of the prompt: 300 for PixArt-Σ, 120 for PixArt-α (as their pipelines). Longer "
-                    "prompts are cut with a warning.")
+_CAPTION_TOOLTIP = ("Token budget of the prompt: 300 for PixArt-Σ, 120 for PixArt-α (as their pipelines), or custom: "
+                    "custom_length tokens (diffusers' max_sequence_length). Longer prompts are cut with a warning.")
+
+
+def caption_budget(caption_length: str, custom_length: int) -> int:
+    """The T5 loader's token budget: a named default, or custom_length (1 to 300) for 'custom'."""
+    if caption_length == CUSTOM_LENGTH:
+        return int(custom_length)
+    if caption_length not in CAPTION_LENGTHS:
+        raise ValueError(f"caption_length '{caption_length}' is unknown; choose one of: "
+                         f"{', '.join([*CAPTION_LENGTHS, CUSTOM_LENGTH])}.")
+    return CAPTION_LENGTHS[caption_length]
 
 
 class PixArtT5Loader(io.ComfyNode):
@@ -40,18 +52,25 @@ class PixArtT5Loader(io.ComfyNode):
                                        "in float32 activations either way, so fp16 cannot overflow."),
                 io.Combo.Input("device", options=["default", "cpu"], default="default",
                                tooltip="'cpu' keeps T5 (about 9 GB in fp16) off the GPU, leaving VRAM to the DiT."),
-                io.Combo.Input("caption_length", options=list(CAPTION_LENGTHS), default="sigma_300",
+                io.Combo.Input("caption_length", options=[*CAPTION_LENGTHS, CUSTOM_LENGTH], default="sigma_300",
                                tooltip=_CAPTION_TOOLTIP),
+                io.Int.Input("custom_length", default=77, min=1, max=MAX_CAPTION_TOKENS, optional=True,
+                             tooltip="The token budget when caption_length is custom (1 to 300; EOS included)."),
+                io.Boolean.Input("clean_caption", default=False, optional=True,
+                                 tooltip="Clean every prompt as diffusers' PixArt pipelines do by default (URLs, HTML, "
+                                         "@handles, hashtags, long numbers, CJK, odd quotes and punctuation removed), "
+                                         "after ComfyUI's (word:1.2) syntax is read. Needs ftfy and beautifulsoup4."),
             ],
             outputs=[io.Clip.Output(tooltip="T5 as a CLIP for PixArt Text Encode or CLIPTextEncode "
                                             "(prompt with attention mask).")],
         )
 
     @classmethod
-    def execute(cls, t5_name, dtype, device, caption_length):
+    def execute(cls, t5_name, dtype, device, caption_length, custom_length=77, clean_caption=False):
+        budget = caption_budget(caption_length, custom_length)
         path = model_files.resolve("text_encoders", "text_encoder", t5_name)
-        clip = load_t5_clip(path, dtype=dtype, device=device, caption_tokens=CAPTION_LENGTHS[caption_length],
-                            embedding_directory=folder_paths.get_folder_paths("embeddings"))
+        clip = load_t5_clip(path, dtype=dtype, device=device, caption_tokens=budget,
+                            embedding_directory=folder_paths.get_folder_paths("embeddings"), clean=clean_caption)
         return io.NodeOutput(clip)
 
 

@@ -1,8 +1,9 @@
 """HTTP routes for the browser extension; bodies are size-limited and validated, anything else is a 4xx.
 
-POST /pixart/token_count  {"text": str, "caption_length": 300 | 120, "t5_name": optional listed T5 name}
+POST /pixart/token_count  {"text": str, "caption_length": 1..300, "clean_caption": optional bool,
+                           "t5_name": optional listed T5 name}
 -> {"count": real tokens incl. EOS, "limit": caption_length, "dropped": tokens beyond the limit}
-   (exactly as PixArt Text Encode counts)
+   (exactly as PixArt Text Encode counts; 409 when cleaning is asked for without its packages)
 POST /pixart/resolution  {"width": int, "height": int, "binning": "off" | "256" | "512" | "1024" | "2048" | "model"}
 -> {"width", "height": size generated at, "resized": whether the image is resized back to the request}
    ("model" is answered with the 1024 bins and says so: the trained size is known only once a model is loaded)
@@ -15,7 +16,8 @@ import logging
 from aiohttp import web
 
 from ..pixart.bins import BINNING_CHOICES, MODEL_BINS, generation_size
-from ..pixart.config import CAPTION_TOKENS
+from ..pixart.caption import MAX_CAPTION_TOKENS
+from ..pixart.caption_clean import CaptionCleaningUnavailable
 from . import model_files
 from .t5_encoder import BUNDLED_TOKENIZER, caption_tokenizer, find_tokenizer
 
@@ -23,7 +25,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 20000
-CAPTION_LENGTHS = tuple(CAPTION_TOKENS.values())
 
 
 def _bad(message: str, status: int = 400) -> web.Response:
@@ -54,8 +55,12 @@ async def token_count(request: web.Request) -> web.Response:
     if len(text) > MAX_TEXT_CHARS:
         return _bad(f"'text' longer than {MAX_TEXT_CHARS} characters", 413)
     limit = body.get("caption_length", 300)
-    if limit not in CAPTION_LENGTHS or isinstance(limit, bool):
-        return _bad("'caption_length' must be 300 (PixArt-Σ) or 120 (PixArt-α)")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_CAPTION_TOKENS:
+        return _bad(f"'caption_length' must be a whole number from 1 to {MAX_CAPTION_TOKENS} (300 PixArt-Σ, 120 "
+                    "PixArt-α)")
+    clean = body.get("clean_caption", False)
+    if not isinstance(clean, bool):
+        return _bad("'clean_caption' must be true or false")
     tokenizer_path = BUNDLED_TOKENIZER
     t5_name = body.get("t5_name")
     if t5_name is not None:
@@ -65,7 +70,10 @@ async def token_count(request: web.Request) -> web.Response:
             tokenizer_path = find_tokenizer(model_files.resolve("text_encoders", "text_encoder", t5_name))
         except FileNotFoundError as err:
             return _bad(str(err), 404)
-    caption = caption_tokenizer(tokenizer_path, limit).caption(text)
+    try:
+        caption = caption_tokenizer(tokenizer_path, limit, clean=clean).caption(text)
+    except CaptionCleaningUnavailable as err:
+        return _bad(str(err), 409)
     return web.json_response({"count": caption.length, "limit": limit, "dropped": caption.dropped})
 
 

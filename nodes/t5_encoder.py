@@ -18,7 +18,8 @@ import torch
 from comfy import sd1_clip
 from transformers import T5TokenizerFast
 
-from ..pixart.caption import EOS_ID, PAD_ID, CaptionTokenizer
+from ..pixart.caption import EOS_ID, MAX_CAPTION_TOKENS, PAD_ID, CaptionTokenizer
+from ..pixart.caption_clean import clean_caption, cleaning_available
 from ..pixart.checkpoint.errors import require_fit
 from ..pixart.checkpoint.files import read_checkpoint
 from ..pixart.checkpoint.quantization import is_quantization_key, quantization_layout
@@ -36,14 +37,15 @@ def _hf_tokenizer(tokenizer_path: str) -> T5TokenizerFast:
 
 
 def caption_tokenizer(tokenizer_path: str = BUNDLED_TOKENIZER, caption_tokens: int = 300, embedding_directory=None,
-                      embedding_size: int = 4096) -> CaptionTokenizer:
+                      embedding_size: int = 4096, clean: bool = False) -> CaptionTokenizer:
     """The engine's caption tokenizer over the T5 vocabulary in `tokenizer_path`, with textual-inversion embeddings
-    from ComfyUI's embeddings folders (read by ComfyUI's own loader) when there are any."""
+    from ComfyUI's embeddings folders (read by ComfyUI's own loader) when there are any; `clean`: diffusers' caption
+    cleaner on every prompt."""
     embedding = None
     if embedding_directory is not None:
         def embedding(name):
             return sd1_clip.load_embed(name, embedding_directory, embedding_size, "t5xxl")
-    return CaptionTokenizer.from_hf_tokenizer(_hf_tokenizer(tokenizer_path), caption_tokens, embedding)
+    return CaptionTokenizer.from_hf_tokenizer(_hf_tokenizer(tokenizer_path), caption_tokens, embedding, clean)
 
 
 def find_tokenizer(path: str) -> str:
@@ -57,7 +59,7 @@ def find_tokenizer(path: str) -> str:
     return BUNDLED_TOKENIZER
 
 
-def t5_clip_target(t5_config: dict, tokenizer_path: str, caption_tokens: int, source: str):
+def t5_clip_target(t5_config: dict, tokenizer_path: str, caption_tokens: int, source: str, clean: bool = False):
     class PixArtT5Encoder(sd1_clip.SDClipModel):
         def __init__(self, device="cpu", dtype=None, model_options=None):
             super().__init__(device=device, layer="last", textmodel_json_config=dict(t5_config), dtype=dtype,
@@ -78,7 +80,7 @@ def t5_clip_target(t5_config: dict, tokenizer_path: str, caption_tokens: int, so
     class PixArtT5TokenizerSet(sd1_clip.SD1Tokenizer):
         def __init__(self, embedding_directory=None, tokenizer_data=None):
             def tokenizer(embedding_directory=None, tokenizer_data=None):
-                return caption_tokenizer(tokenizer_path, caption_tokens, embedding_directory, t5_config["d_model"])
+                return caption_tokenizer(tokenizer_path, caption_tokens, embedding_directory, t5_config["d_model"], clean)
 
             super().__init__(embedding_directory=embedding_directory, tokenizer_data=tokenizer_data or {}, name="t5xxl",
                              tokenizer=tokenizer)
@@ -98,13 +100,19 @@ def _default_dtype(state_dict: dict[str, torch.Tensor], load_device: torch.devic
 
 
 def load_t5_clip(path: str, dtype: str = "default", device: str = "default", caption_tokens: int = 300,
-                 embedding_directory=None, disable_dynamic: bool = False) -> comfy.sd.CLIP:
+                 embedding_directory=None, disable_dynamic: bool = False, clean: bool = False) -> comfy.sd.CLIP:
     """File or diffusers text_encoder folder -> ComfyUI CLIP with PixArt tokenization.
 
     Weights are stored in the chosen dtype (every layer holds it, dynamic VRAM included); ComfyUI's casting ops
     run T5 in float32 activations, so fp16 storage cannot overflow. Quantized files (scaled fp8, comfy_quant) are
-    read by the host's own ops. device 'cpu' keeps T5 on the CPU (saves VRAM for the DiT).
+    read by the host's own ops. device 'cpu' keeps T5 on the CPU (saves VRAM for the DiT). caption_tokens: the budget,
+    1 to 300 (diffusers' max_sequence_length); clean: diffusers' caption cleaner on every prompt (ftfy and
+    beautifulsoup4 needed).
     """
+    if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
+        raise ValueError(f"caption tokens {caption_tokens}: PixArt's T5 budget is 1 to {MAX_CAPTION_TOKENS} tokens.")
+    if clean and not cleaning_available():
+        clean_caption("")  # raises the error naming the packages and the pip command
     if dtype not in T5_DTYPES:
         raise ValueError(f"dtype '{dtype}' is unknown; choose one of: {', '.join(T5_DTYPES)}.")
     loaded = read_checkpoint(path, component="text_encoder")
@@ -123,17 +131,18 @@ def load_t5_clip(path: str, dtype: str = "default", device: str = "default", cap
         host.cast_for_storage(state_dict, storage)
     tokenizer_path = find_tokenizer(loaded.source if os.path.isdir(path) else path)
     parameters = sum(t.numel() for k, t in state_dict.items() if not is_quantization_key(k))
-    target = t5_clip_target(config, tokenizer_path, caption_tokens, source)
+    target = t5_clip_target(config, tokenizer_path, caption_tokens, source, clean)
     clip = host.build_clip(target, state_dict, embedding_directory=embedding_directory, parameters=parameters,
                     model_options=model_options, disable_dynamic=disable_dynamic)
-    clip.patcher.cached_patcher_init = (load_t5_patcher, (path, dtype, device, caption_tokens, embedding_directory))
-    log.info("PixArt T5 %s: %d layers, d_model %d, %d caption tokens, weights %s%s, tokenizer %s", source,
-             config["num_layers"], config["d_model"], caption_tokens, storage, f" ({layout})" if layout else "",
-             tokenizer_path)
+    clip.patcher.cached_patcher_init = (load_t5_patcher, (path, dtype, device, caption_tokens, embedding_directory, clean))
+    log.info("PixArt T5 %s: %d layers, d_model %d, %d caption tokens%s, weights %s%s, tokenizer %s", source,
+             config["num_layers"], config["d_model"], caption_tokens, ", captions cleaned" if clean else "", storage,
+             f" ({layout})" if layout else "", tokenizer_path)
     return clip
 
 
-def load_t5_patcher(path: str, dtype: str, device: str, caption_tokens: int, embedding_directory,
+def load_t5_patcher(path: str, dtype: str, device: str, caption_tokens: int, embedding_directory, clean: bool = False,
                     disable_dynamic: bool = False):
     """The CLIP patcher's cached_patcher_init factory (multi-GPU deep clones, non-dynamic delegates)."""
-    return load_t5_clip(path, dtype, device, caption_tokens, embedding_directory, disable_dynamic=disable_dynamic).patcher
+    return load_t5_clip(path, dtype, device, caption_tokens, embedding_directory, disable_dynamic=disable_dynamic,
+                        clean=clean).patcher

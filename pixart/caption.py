@@ -1,7 +1,8 @@
 """PixArt's caption rules, as the nodes and the browser route run them.
 
-What diffusers' PixArt pipelines do to a prompt (lower case, trimmed; T5 tokens; truncated to the budget with EOS
-kept last; padded with an attention mask: 300 tokens for PixArt-Σ, 120 for PixArt-α), plus the prompt syntax
+What diffusers' PixArt pipelines do to a prompt (lower case, trimmed, or their caption cleaner when asked for; T5
+tokens; truncated to the budget with EOS kept last; padded with an attention mask: 300 tokens for PixArt-Σ, 120 for
+PixArt-α, any budget up to 300 as their max_sequence_length), plus the prompt syntax
 ComfyUI users write: `(words:1.2)` weights, `(words)` for x1.1 (nested brackets multiply), `\\(` `\\)` for literal
 brackets, and `embedding:name` textual-inversion references (kept as written, case included). Without brackets or
 embeddings, a prompt gives exactly the pipeline's ids and mask.
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from .caption_clean import clean_caption
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +140,14 @@ def warn_truncated(text: str, dropped: int, max_length: int) -> None:
 
 
 def tokenize_caption(text: str, encode: Callable[[str], list[int]], eos_id: int, pad_id: int, max_length: int,
-                     embedding: Callable[[str], torch.Tensor | None] | None = None) -> CaptionTokens:
+                     embedding: Callable[[str], torch.Tensor | None] | None = None, clean: bool = False) -> CaptionTokens:
     """A prompt -> its tokens, fitted to max_length: truncated to max_length - 1 (with a warning saying how many were
     cut), EOS, padding.
 
     `encode` turns text into T5 ids without special tokens. `embedding(name)` returns a textual-inversion embedding,
     (n, d) or (d,), or None when there is none (the reference is then dropped with a warning); without it,
-    `embedding:` references are read as words.
+    `embedding:` references are read as words. `clean`: diffusers' caption cleaner (pixart.caption_clean) on each
+    piece of text once the weight syntax and embedding references are parsed out, so `(word:1.2)` keeps working.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}.")
@@ -162,6 +166,8 @@ def tokenize_caption(text: str, encode: Callable[[str], list[int]], eos_id: int,
             word = tokens[-1][2] + 1 if tokens else 1
             tokens += [(row, weight, word) for row in (vectors[None] if vectors.ndim == 1 else vectors)]
             continue
+        if clean and not reference:
+            chunk = clean_caption(chunk)
         ids = encode(EMBEDDING_PREFIX + chunk if reference else chunk)  # no embeddings folder: plain words
         if ids:
             word = tokens[-1][2] + 1 if tokens else 1
@@ -179,6 +185,8 @@ def _tail(text: str, words: int = 8) -> str:
 
 
 CAPTION_TOKENS_OPTION = "pixart_caption_tokens"  # tokenizer option (ComfyUI tokenizer_options) overriding the budget
+CLEAN_CAPTION_OPTION = "pixart_clean_caption"  # tokenizer option: True cleans this prompt whatever the tokenizer's own
+MAX_CAPTION_TOKENS = 300  # diffusers' PixArt pipelines take max_sequence_length up to 300
 EOS_ID, PAD_ID = 1, 0  # T5's end-of-sequence and padding ids
 
 
@@ -189,26 +197,34 @@ class CaptionTokenizer:
 
     def __init__(self, encode: Callable[[str], list[int]], caption_tokens: int = 300,
                  embedding: Callable[[str], torch.Tensor | None] | None = None,
-                 vocabulary: dict[int, str] | None = None, decode: Callable[[list[int]], str] | None = None):
+                 vocabulary: dict[int, str] | None = None, decode: Callable[[list[int]], str] | None = None,
+                 clean: bool = False):
         self.encode = encode
         self.caption_tokens = caption_tokens
+        self.clean = clean  # diffusers' caption cleaner for every prompt
         self.embedding = embedding
         self.vocabulary = vocabulary or {}
         self.decoder = decode
 
     @classmethod
     def from_hf_tokenizer(cls, tokenizer, caption_tokens: int = 300,
-                          embedding: Callable[[str], torch.Tensor | None] | None = None) -> CaptionTokenizer:
+                          embedding: Callable[[str], torch.Tensor | None] | None = None,
+                          clean: bool = False) -> CaptionTokenizer:
         """From a transformers T5 tokenizer (its ids without the special tokens it would add)."""
         return cls(lambda text: tokenizer(text, add_special_tokens=False)["input_ids"], caption_tokens, embedding,
                    {index: piece for piece, index in tokenizer.get_vocab().items()},
-                   lambda ids, skip_special_tokens=True: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
+                   lambda ids, skip_special_tokens=True: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens),
+                   clean)
 
     def budget(self, tokenizer_options: dict | None = None) -> int:
         return int((tokenizer_options or {}).get(CAPTION_TOKENS_OPTION, self.caption_tokens))
 
+    def cleans(self, tokenizer_options: dict | None = None) -> bool:
+        return bool(self.clean or (tokenizer_options or {}).get(CLEAN_CAPTION_OPTION, False))
+
     def caption(self, text: str, tokenizer_options: dict | None = None) -> CaptionTokens:
-        return tokenize_caption(text, self.encode, EOS_ID, PAD_ID, self.budget(tokenizer_options), self.embedding)
+        return tokenize_caption(text, self.encode, EOS_ID, PAD_ID, self.budget(tokenizer_options), self.embedding,
+                                self.cleans(tokenizer_options))
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, tokenizer_options: dict | None = None,
                               **kwargs) -> list[list[tuple]]:

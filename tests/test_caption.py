@@ -22,10 +22,10 @@ def pipeline(tiny_tokenizer):
         (args[0] if args else kwargs["input_ids"], kwargs["attention_mask"])), with_kwargs=True)
     pipe = PixArtSigmaPipeline(tokenizer=tiny_tokenizer[0], text_encoder=t5, vae=None, transformer=None, scheduler=None)
 
-    def encode(prompt: str, max_length: int) -> tuple[list[int], list[int]]:
+    def encode(prompt: str, max_length: int, clean_caption: bool = False) -> tuple[list[int], list[int]]:
         seen.clear()
         pipe.encode_prompt(prompt, do_classifier_free_guidance=False, device=torch.device("cpu"),
-                           max_sequence_length=max_length)
+                           max_sequence_length=max_length, clean_caption=clean_caption)
         ids, mask = seen[0]
         return ids[0].tolist(), mask[0].tolist()
 
@@ -36,10 +36,11 @@ def pipeline(tiny_tokenizer):
 def ours(tiny_tokenizer):
     """The nodes' tokenizer on the same T5 vocabulary: `encode` as the nodes build it from a tokenizer folder."""
     tokenizer = tiny_tokenizer[0]
-    return lambda caption_tokens=300: CaptionTokenizer.from_hf_tokenizer(tokenizer, caption_tokens=caption_tokens)
+    return lambda caption_tokens=300, clean=False: CaptionTokenizer.from_hf_tokenizer(tokenizer, caption_tokens,
+                                                                                     clean=clean)
 
 
-@pytest.mark.parametrize("max_length", [120, 300, 8])
+@pytest.mark.parametrize("max_length", [120, 300, 77, 8, 1])
 @pytest.mark.parametrize("prompt", PROMPTS, ids=range(len(PROMPTS)))
 def test_caption_equals_the_pipeline(pipeline, ours, prompt, max_length):
     ids, mask = pipeline(prompt, max_length)
@@ -102,3 +103,32 @@ def test_embeddings_are_placed_as_vectors(ours, caplog):
     rows = [token for token in caption.tokens[: caption.length - 1] if isinstance(token[0], torch.Tensor)]
     assert len(rows) == 2 and all(torch.equal(row[0], vectors[i]) and row[1] == 1.2 for i, row in enumerate(rows))
     assert "embedding:missing does not exist" in caplog.text
+
+
+CLEANING_PROMPTS = ["A cat on https://example.com/cats and @someone #moon", "<b>A RED</b> dog &amp; city 寺院 at night",
+                    "a \\(big\\) [red] dog – “riding” a horse 1234567", "photo_of_a_cat_on_the_moon.jpg in space"]
+
+
+@pytest.mark.parametrize("prompt", CLEANING_PROMPTS, ids=range(len(CLEANING_PROMPTS)))
+def test_cleaned_caption_equals_the_pipeline_with_clean_caption(pipeline, ours, prompt):
+    """clean_caption on the T5 CLIP, or asked for per prompt (the tokenizer option PixArt Text Encode sets), equals
+    encode_prompt(clean_caption=True); off, it equals clean_caption=False."""
+    pytest.importorskip("ftfy")
+    pytest.importorskip("bs4")
+    from pixart_sigma_nodes.pixart.caption import CLEAN_CAPTION_OPTION
+
+    cleaned = pipeline(prompt, 300, clean_caption=True)
+    assert ours(300, clean=True).caption(prompt).ids == cleaned[0]
+    assert ours(300).caption(prompt, {CLEAN_CAPTION_OPTION: True}).ids == cleaned[0]
+    assert ours(300).caption(prompt).ids == pipeline(prompt, 300)[0] != cleaned[0]
+
+
+def test_cleaning_applies_after_the_weight_syntax(ours, tiny_tokenizer):
+    """Each piece of text between the weight syntax is cleaned on its own: the weight stays on its words."""
+    pytest.importorskip("ftfy")
+    pytest.importorskip("bs4")
+    caption = ours(300, clean=True).caption("a (red:1.5) dog on http://moon.com")
+    pieces = [(tiny_tokenizer[0](text, add_special_tokens=False).input_ids, weight)
+              for text, weight in (("a", 1.0), ("red", 1.5), ("dog on", 1.0))]
+    assert caption.ids[: caption.length] == [i for ids, _ in pieces for i in ids] + [1]
+    assert caption.weights[: caption.length - 1] == [weight for ids, weight in pieces for _ in ids]

@@ -170,14 +170,16 @@ def _text_box(page, node_id: int):
                                 node_id).as_element()
 
 
-def _counter_says(text: str, limit: int) -> str:
+def _counter_says(text: str, limit: int, clean: bool = False) -> str:
     """What the counter must show, from the tokenizer's own count (transformers' T5 tokenizer on the T5 vocabulary
-    ComfyUI bundles, the one the tiny single-file T5 uses; diffusers' rule: lower-cased and trimmed, EOS counted,
-    cut at the limit), not from the pack's route."""
+    ComfyUI bundles, the one the tiny single-file T5 uses; diffusers' rule: lower-cased and trimmed, or cleaned by the
+    pipeline's own caption cleaner, EOS counted, cut at the limit), not from the pack's route."""
+    from diffusers import PixArtSigmaPipeline
     from transformers import T5TokenizerFast
 
     tokenizer = T5TokenizerFast.from_pretrained(os.path.join(require_comfyui(), "comfy", "text_encoders", "t5_tokenizer"))
-    count = len(tokenizer(text.lower().strip()).input_ids)
+    prepared = object.__new__(PixArtSigmaPipeline)._text_preprocessing(text, clean_caption=clean)[0]
+    count = len(tokenizer(prepared).input_ids)
     shown = f"{min(count, limit)}/{limit} tokens"
     return shown + (f" — TRUNCATED: {count - limit} cut off" if count > limit else "")
 
@@ -254,6 +256,32 @@ def test_alpha_loader_gives_120_also_inside_a_subgraph(server, page):
     print(f"\n{page.mode}: counter inside the subgraph {counts!r}")
     assert counts[0] != counts[1]
     page.evaluate("() => app.canvas.setGraph(app.canvas.graph.rootGraph ?? app.graph)")
+
+
+def test_counter_follows_a_custom_budget_and_cleaning(page):
+    """The connected T5 loader set to a custom 77-token budget and to clean captions: the counter counts the cleaned
+    prompt against 77."""
+    loader = _add_node(page, "PixArtT5Loader", 100, 300)
+    encode = _add_node(page, "PixArtTextEncode", 500, 300)
+    page.evaluate("""([loader, encode]) => {
+        const graph = app.canvas.graph;
+        const t5 = graph.getNodeById(loader), text = graph.getNodeById(encode);
+        for (const [name, value] of [["caption_length", "custom"], ["custom_length", 77], ["clean_caption", true]]) {
+            const widget = t5.widgets.find((w) => w.name === name);
+            widget.value = value;
+            widget.callback?.(value);
+        }
+        t5.connect(0, text, text.inputs.findIndex((i) => i.name === 'clip'));
+    }""", [loader, encode])
+    text = "A cat on https://example.com/cats @someone #moon " + "riding a horse " * 30
+    _type(page, encode, text)
+    expected = _counter_says(text, 77, clean=True)
+    shown = _status_text(page, encode, "tokens", expected)
+    print(f"\n{page.mode}: custom budget with cleaning {shown!r}")
+    assert shown == expected and "/77 tokens" in expected and "TRUNCATED" in expected
+    assert expected != _counter_says(text, 77)  # the cleaning is counted
+    page.evaluate("(ids) => ids.forEach((id) => app.canvas.graph.remove(app.canvas.graph.getNodeById(id)))",
+                  [loader, encode])
 
 
 def test_session_adding_converting_removing_nodes_logs_nothing_from_our_script(page):

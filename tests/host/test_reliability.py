@@ -278,8 +278,12 @@ def test_token_count_route(server):
     assert status == 200 and body["count"] == 120 and body["dropped"] > 0
     status, body = server.post("/pixart/token_count", {"text": "a red dog on the moon", "t5_name": f"diffusers/{REPO}"})
     assert (status, body["count"]) == (200, 7)  # the repo's own tokenizer: six words + EOS
+    status, body = server.post("/pixart/token_count", {"text": "cat " * 400, "caption_length": 77})
+    assert status == 200 and (body["count"], body["limit"]) == (77, 77) and body["dropped"] > 0  # any budget to 300
     for payload, expected in ((b"{not json", 400), (b"[1, 2]", 400), (json.dumps({"text": 5}).encode(), 400),
-                              (json.dumps({"text": "x", "caption_length": 77}).encode(), 400),
+                              (json.dumps({"text": "x", "caption_length": 301}).encode(), 400),
+                              (json.dumps({"text": "x", "caption_length": 0}).encode(), 400),
+                              (json.dumps({"text": "x", "clean_caption": "yes"}).encode(), 400),
                               (json.dumps({"text": "x", "t5_name": "../../etc/passwd"}).encode(), 404),
                               (json.dumps({"text": "x" * 70000}).encode(), 413),
                               (b"\xff\xfe\x00garbage", 400)):

@@ -1,5 +1,5 @@
-// PixArt-Σ Nodes browser extension: a live token counter on PixArt Text Encode and the generated size on PixArt Empty
-// Latent. Both ask the pack's server routes, so the numbers are the nodes' own. They are shown in a DOM widget (an
+// PixArt-Σ Nodes browser extension: a live token counter on PixArt Text Encode (following the T5 loader's budget and
+// caption cleaning) and the generated size on PixArt Empty Latent. Both ask the pack's server routes, so the numbers are the nodes' own. They are shown in a DOM widget (an
 // HTML element the frontend places on the node), which the classic canvas and the Vue nodes mode both display.
 //
 // What is shown follows the frontend's change events, no polling: a node's own widget changes (onWidgetChanged, the
@@ -100,10 +100,16 @@ function sourceNode(node, slot, depth = 0) {
   return node.graph?.getNodeById(link.origin_id) ?? null;
 }
 
-function captionLength(node) {
-  // The connected PixArt T5 Loader's caption_length; 300 (PixArt-Σ) otherwise.
-  const origin = sourceNode(node, inputSlot(node, "clip"));
-  return widget(origin ?? {}, "caption_length")?.value === "alpha_120" ? 120 : 300;
+const NAMED_LENGTHS = { sigma_300: 300, alpha_120: 120 };
+
+// How the prompt is tokenized: the connected PixArt T5 Loader's budget (a named one, or custom_length when
+// caption_length is custom; 300 without a loader) and whether it or this node cleans captions.
+function captionSettings(node) {
+  const loader = sourceNode(node, inputSlot(node, "clip")) ?? {};
+  const named = widget(loader, "caption_length")?.value;
+  const length = named === "custom" ? Number(widget(loader, "custom_length")?.value ?? 77) : (NAMED_LENGTHS[named] ?? 300);
+  const clean = Boolean(widget(loader, "clean_caption")?.value) || Boolean(widget(node, "clean_caption")?.value);
+  return { caption_length: length, clean_caption: clean };
 }
 
 function chain(object, name, after) {
@@ -153,7 +159,7 @@ function setupTokenCounter(node) {
   const text = widget(node, "text");
   if (!text) return;
   const status = addStatus(node, "tokens");
-  follow(node, status, [text], () => ({ text: String(text.value ?? ""), caption_length: captionLength(node) }),
+  follow(node, status, [text], () => ({ text: String(text.value ?? ""), ...captionSettings(node) }),
     async (state) => {
       try {
         const data = await postJson("/pixart/token_count", state);
