@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.fixtures.schedulers import alphas_cumprod, pixart_sigma_scheduler, reference_sigmas
+from bench.fixtures.schedulers import alphas_cumprod, official_lcm_scheduler, pixart_sigma_scheduler, reference_sigmas
 from pixart_sigma_nodes.pixart.bins import ASPECT_RATIO_BINS, bins_for_resolution, nearest_bin, resize_and_crop
 from pixart_sigma_nodes.pixart.schedule import reference_timesteps
 
@@ -102,26 +102,11 @@ def test_lcm_official_rule_equals_the_authors_scheduler():
     assert lcm_timesteps(4) == [999, 759, 519, 279]  # the recipe's 4 steps (diffusers today: 999, 759, 499, 259)
     for steps in range(1, 51):
         assert lcm_timesteps(steps) == _authors_lcm_timesteps(steps), steps
-    official = _official_lcm_scheduler()
+    official = official_lcm_scheduler()
     if official is not None:  # the authors' class itself, when PIXART_ALPHA_REPO names a checkout
         for steps in range(1, 51):
             official.set_timesteps(steps, 50)
             assert lcm_timesteps(steps) == official.timesteps.tolist(), steps
-
-
-def _official_lcm_scheduler():
-    """PixArt-alpha's diffusion/lcm_scheduler.LCMScheduler (PixArt-LCM's config) from PIXART_ALPHA_REPO, or None."""
-    import importlib.util
-    import os
-
-    repo = os.environ.get("PIXART_ALPHA_REPO")
-    path = os.path.join(repo, "diffusion", "lcm_scheduler.py") if repo else ""
-    if not os.path.isfile(path):
-        return None
-    spec = importlib.util.spec_from_file_location("pixart_alpha_lcm_scheduler", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.LCMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon")
 
 
 def test_recipes_name_the_checkpoints_they_fit():

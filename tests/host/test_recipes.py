@@ -5,12 +5,21 @@ import copy
 import os
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from bench.fixtures.comfy_server import error_message
 from bench.fixtures.models import original_layout, tiny_transformer
-from bench.fixtures.reference_runs import compare, graph_outputs, reference_pipeline, text_to_image
-from bench.fixtures.schedulers import pixart_sigma_scheduler
+from bench.fixtures.reference_runs import (
+    PROMPT,
+    SIZE,
+    compare,
+    compare_outputs,
+    graph_outputs,
+    reference_pipeline,
+    text_to_image,
+)
+from bench.fixtures.schedulers import official_lcm_scheduler, pixart_sigma_scheduler
 from host.comfy_host import require_comfyui
 
 require_comfyui()
@@ -69,6 +78,40 @@ def test_lcm_recipe_equals_the_authors_lcm_loop(server, alpha_ckpt):
     pipe = _pipeline(server, "alpha", alpha_ckpt.model, _lcm_scheduler())
     compare("LCM (the authors' timesteps)", "alpha", ours, pipe, seed, guidance_scale=0.0,
             timesteps=AUTHORS_LCM_4_STEPS, max_sequence_length=120)
+
+
+def test_lcm_recipe_equals_the_authors_scheduler_itself(server, alpha_ckpt, monkeypatch):
+    """The authors' own loop (PixArt-alpha scripts/inference_lcm.py with their diffusion/lcm_scheduler.py, loaded from
+    PIXART_ALPHA_REPO): set_timesteps(4, 50); per timestep the DiT's epsilon half, then step(pred, i, t, x), whose
+    fresh noise (their bare torch.randn) is drawn from the pipeline's generator stream, as the recipe draws it; the
+    result is the last step's denoised latent. Prompt embedding, micro-conditions and VAE decode as the pipeline."""
+    official = official_lcm_scheduler()
+    if official is None:
+        pytest.skip("the authors' LCM loop needs PIXART_ALPHA_REPO: a checkout of github.com/PixArt-alpha/PixArt-alpha")
+    seed = 23
+    ours = graph_outputs(server, _graph("alpha-tiny.safetensors", "alpha_120", "alpha_lcm_1024", seed, negative=False))
+    pipe = _pipeline(server, "alpha", alpha_ckpt.model, _lcm_scheduler())
+    official.set_timesteps(4, 50)
+    assert official.timesteps.tolist() == AUTHORS_LCM_4_STEPS
+    generator = torch.Generator("cpu").manual_seed(seed)
+    seeded_randn = torch.randn
+    with torch.no_grad():
+        embeds, mask, _, _ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, device="cpu",
+                                                clean_caption=False, max_sequence_length=120)
+        latents = seeded_randn((1, 4, SIZE // 8, SIZE // 8), generator=generator)  # (B, 4, h, w), the initial noise
+        micro = {"resolution": torch.tensor([[SIZE, SIZE]], dtype=torch.float32),
+                 "aspect_ratio": torch.tensor([[1.0]])} if alpha_ckpt.model.config.sample_size == 128 else \
+            {"resolution": None, "aspect_ratio": None}
+        monkeypatch.setattr(torch, "randn", lambda shape, **kw: seeded_randn(shape, generator=generator, **kw))
+        for i, t in enumerate(official.timesteps):
+            prediction = pipe.transformer(latents, encoder_hidden_states=embeds, encoder_attention_mask=mask,
+                                          timestep=torch.full((1,), int(t), dtype=torch.long),
+                                          added_cond_kwargs=micro).sample[:, :4]  # (B, 4, h, w) epsilon
+            latents, denoised = official.step(prediction, i, t, latents, return_dict=False)
+        monkeypatch.undo()
+        image = pipe.vae.decode(denoised / pipe.vae.config.scaling_factor).sample  # (B, 3, H, W) in [-1, 1]
+        image = pipe.image_processor.postprocess(image, output_type="pt")
+    compare_outputs("LCM (the authors' scheduler and loop)", "alpha", ours, denoised, image)
 
 
 def test_lcm_diffusers_scheduler_equals_diffusers_lcm(server, alpha_ckpt):
