@@ -40,12 +40,14 @@ class PixArtT5Loader(io.ComfyNode):
             search_aliases=["T5", "t5xxl", "text encoder", "CLIP loader", "pixart"],
             display_name="PixArt T5 Loader",
             category="PixArt/loaders",
-            description="Loads a T5-v1.1 encoder (single file or diffusers text_encoder folder) as a CLIP with "
-                        "PixArt's caption rules: lower case, EOS, padding with an attention mask.",
+            description="Loads a T5-v1.1 encoder (single file, GGUF quant or diffusers text_encoder folder) as a CLIP "
+                        "with PixArt's caption rules: lower case, EOS, padding with an attention mask.",
             inputs=[
-                io.Combo.Input("t5_name", options=model_files.choices("text_encoders", "text_encoder"),
-                               tooltip="T5 weights from models/text_encoders, or a diffusers repo in models/diffusers "
-                                       "(its text_encoder folder)."),
+                io.Combo.Input("t5_name", options=model_files.choices("text_encoders", "text_encoder", gguf=True),
+                               tooltip="T5 weights from models/text_encoders (.safetensors, or a .gguf T5 encoder quant "
+                                       "such as t5-v1_1-xxl-encoder-Q8_0.gguf, which stays quantized in memory; needs "
+                                       "the gguf package), or a diffusers repo in models/diffusers (its text_encoder "
+                                       "folder)."),
                 io.Combo.Input("dtype", options=list(T5_DTYPES), default="default",
                                tooltip="Storage dtype of the T5 weights. 'default' keeps a half-precision file's dtype and "
                                        "gives fp32 files ComfyUI's text-encoder dtype (fp16 on most GPUs). T5 computes "
@@ -68,7 +70,7 @@ class PixArtT5Loader(io.ComfyNode):
     @classmethod
     def execute(cls, t5_name, dtype, device, caption_length, custom_length=77, clean_caption=False):
         budget = caption_budget(caption_length, custom_length)
-        path = model_files.resolve("text_encoders", "text_encoder", t5_name)
+        path = model_files.resolve("text_encoders", "text_encoder", t5_name, gguf=True)
         clip = load_t5_clip(path, dtype=dtype, device=device, caption_tokens=budget,
                             embedding_directory=folder_paths.get_folder_paths("embeddings"), clean=clean_caption)
         return io.NodeOutput(clip)

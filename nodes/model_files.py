@@ -1,7 +1,9 @@
 """Model choices shown in the loaders: files from ComfyUI's model folders and diffusers folders.
 
 Diffusers repos under models/diffusers/<repo>/ appear as 'diffusers/<repo>' when they hold the wanted
-component folder (transformer/ or text_encoder/). Every name resolves only through these lists.
+component folder (transformer/ or text_encoder/). Where a loader reads GGUF (the T5 loader), .gguf files in the
+folder's paths are listed too (ComfyUI's own lists leave that extension out). Every name resolves only through these
+lists.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import folder_paths
 
 DIFFUSERS_PREFIX = "diffusers/"
+GGUF_EXTENSIONS = (".gguf",)
 
 
 def diffusers_repos(component: str) -> dict[str, str]:
@@ -24,13 +27,30 @@ def diffusers_repos(component: str) -> dict[str, str]:
     return repos
 
 
-def choices(folder_name: str, component: str) -> list[str]:
-    return list(folder_paths.get_filename_list(folder_name)) + list(diffusers_repos(component))
+def gguf_files(folder_name: str) -> dict[str, str]:
+    """.gguf files under the folder's paths (found with ComfyUI's own search), relative name -> path."""
+    files = {}
+    for root in folder_paths.get_folder_paths(folder_name):
+        if not os.path.isdir(root):
+            continue
+        found, _ = folder_paths.recursive_search(root, excluded_dir_names=[".git"])
+        for name in sorted(folder_paths.filter_files_extensions(found, GGUF_EXTENSIONS)):
+            files.setdefault(name, os.path.join(root, name))
+    return files
 
 
-def resolve(folder_name: str, component: str, name: str) -> str:
+def choices(folder_name: str, component: str, gguf: bool = False) -> list[str]:
+    names = list(folder_paths.get_filename_list(folder_name))
+    if gguf:
+        names += sorted(set(gguf_files(folder_name)) - set(names))
+    return names + list(diffusers_repos(component))
+
+
+def resolve(folder_name: str, component: str, name: str, gguf: bool = False) -> str:
     """A listed name -> its path; anything not listed is refused (no path from user input is opened)."""
     path = folder_paths.get_full_path(folder_name, name)
+    if path is None and gguf:
+        path = gguf_files(folder_name).get(name)
     if path is None:
         path = diffusers_repos(component).get(name)
     if path is None:

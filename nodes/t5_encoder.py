@@ -20,11 +20,13 @@ from transformers import T5TokenizerFast
 
 from ..pixart.caption import EOS_ID, MAX_CAPTION_TOKENS, PAD_ID, CaptionTokenizer
 from ..pixart.caption_clean import clean_caption, cleaning_available
-from ..pixart.checkpoint.errors import require_fit
-from ..pixart.checkpoint.files import read_checkpoint
-from ..pixart.checkpoint.quantization import is_quantization_key, quantization_layout
+from ..pixart.checkpoint.errors import CheckpointError, require_fit
+from ..pixart.checkpoint.files import read_checkpoint, stored_dtype
+from ..pixart.checkpoint.gguf_file import ARCHITECTURE_FIELD, GGUF_EXT
+from ..pixart.checkpoint.quantization import GGUF, is_quantization_key, quantization_layout
 from ..pixart.t5 import t5_config_from_weights, to_t5_state_dict
 from . import host
+from .gguf_ops import GGUFOps
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +101,27 @@ def _default_dtype(state_dict: dict[str, torch.Tensor], load_device: torch.devic
     return stored if stored != torch.float32 else comfy.model_management.text_encoder_dtype(load_device)
 
 
+def _gguf_options(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None, source: str):
+    """(storage dtype, model options) of a quantized GGUF T5: the pack's GGUF layers; its unquantized tensors (norms,
+    relative position bias) keep the file's dtype unless `dtype` names another."""
+    if dtype in host.FP8_DTYPES:
+        raise CheckpointError(f"{source} is already quantized (GGUF); set dtype to 'default' (or fp16/bf16/fp32 for its "
+                              "unquantized tensors) instead of an fp8 choice.")
+    storage = dtype or stored_dtype(state_dict)
+    host.cast_for_storage(state_dict, storage)  # floating-point tensors only; the quantized bytes are uint8
+    return storage, {"dtype": storage, "custom_operations": GGUFOps}
+
+
 def load_t5_clip(path: str, dtype: str = "default", device: str = "default", caption_tokens: int = 300,
                  embedding_directory=None, disable_dynamic: bool = False, clean: bool = False) -> comfy.sd.CLIP:
     """File or diffusers text_encoder folder -> ComfyUI CLIP with PixArt tokenization.
 
     Weights are stored in the chosen dtype (every layer holds it, dynamic VRAM included); ComfyUI's casting ops
     run T5 in float32 activations, so fp16 storage cannot overflow. Quantized files (scaled fp8, comfy_quant) are
-    read by the host's own ops. device 'cpu' keeps T5 on the CPU (saves VRAM for the DiT). caption_tokens: the budget,
-    1 to 300 (diffusers' max_sequence_length); clean: diffusers' caption cleaner on every prompt (ftfy and
-    beautifulsoup4 needed).
+    read by the host's own ops; a quantized GGUF file stays quantized in memory and is dequantized per layer as it runs
+    (nodes.gguf_ops; the dtype applies to its unquantized tensors). device 'cpu' keeps T5 on the CPU (saves VRAM
+    for the DiT). caption_tokens: the budget, 1 to 300 (diffusers' max_sequence_length); clean: diffusers' caption
+    cleaner on every prompt (ftfy and beautifulsoup4 needed).
     """
     if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
         raise ValueError(f"caption tokens {caption_tokens}: PixArt's T5 budget is 1 to {MAX_CAPTION_TOKENS} tokens.")
@@ -117,20 +131,26 @@ def load_t5_clip(path: str, dtype: str = "default", device: str = "default", cap
         raise ValueError(f"dtype '{dtype}' is unknown; choose one of: {', '.join(T5_DTYPES)}.")
     loaded = read_checkpoint(path, component="text_encoder")
     source = os.path.basename(os.path.normpath(path))
-    state_dict = to_t5_state_dict(loaded.state_dict, source)
+    gguf_architecture = loaded.metadata.get(ARCHITECTURE_FIELD, "") if path.lower().endswith(GGUF_EXT) else None
+    state_dict = to_t5_state_dict(loaded.state_dict, source, gguf_architecture)
     config = t5_config_from_weights(state_dict, source)
     layout = quantization_layout(state_dict, loaded.metadata)
-    state_dict, quantization = host.host_quantization(state_dict, loaded.metadata, layout, source)
-    host.refuse_fp8_on_quantized(quantization, T5_DTYPES[dtype], "dtype", source)
     load_device = torch.device("cpu") if device == "cpu" else comfy.model_management.text_encoder_device()
-    storage = T5_DTYPES[dtype] or _default_dtype(state_dict, load_device)
-    model_options = {"dtype": storage, **quantization.model_options()}
+    if layout == GGUF:
+        storage, model_options = _gguf_options(state_dict, T5_DTYPES[dtype], source)
+        disable_dynamic = True  # the layers keep their own (quantized) parameters; the classic patcher moves them
+    else:
+        state_dict, quantization = host.host_quantization(state_dict, loaded.metadata, layout, source)
+        host.refuse_fp8_on_quantized(quantization, T5_DTYPES[dtype], "dtype", source)
+        storage = T5_DTYPES[dtype] or _default_dtype(state_dict, load_device)
+        model_options = {"dtype": storage, **quantization.model_options()}
+        if not quantization.quantized:
+            host.cast_for_storage(state_dict, storage)
     if device == "cpu":
         model_options["load_device"] = model_options["offload_device"] = load_device
-    if not quantization.quantized:
-        host.cast_for_storage(state_dict, storage)
     tokenizer_path = find_tokenizer(loaded.source if os.path.isdir(path) else path)
-    parameters = sum(t.numel() for k, t in state_dict.items() if not is_quantization_key(k))
+    weight_bytes = sum(t.nbytes for k, t in state_dict.items() if not is_quantization_key(k))
+    parameters = weight_bytes // comfy.model_management.dtype_size(storage)  # what the host sizes the model by
     target = t5_clip_target(config, tokenizer_path, caption_tokens, source, clean)
     clip = host.build_clip(target, state_dict, embedding_directory=embedding_directory, parameters=parameters,
                     model_options=model_options, disable_dynamic=disable_dynamic)

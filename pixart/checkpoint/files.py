@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .errors import CheckpointError
+from .gguf_file import GGUF_EXT, read_gguf
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,23 @@ def read_tensor_metadata(path: str) -> dict[str, str]:
 def read_tensor_file(path: str) -> dict[str, torch.Tensor]:
     """Read one .safetensors or pickle checkpoint into a flat {name: tensor} dict."""
     name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{name}: no such file ({path}).")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise CheckpointError(f"{name} is empty (0 bytes): the download or copy did not finish. Fetch the file again.")
+    size = _check_file(path)
     if path.lower().endswith(SAFETENSORS_EXT):
         return _read_safetensors(path, name, size)
     if path.lower().endswith(PICKLE_EXT):
         return _read_pickle(path, name)
     raise CheckpointError(f"{name}: unknown weight format; expected .safetensors, .pth, .pt, .bin or .ckpt.")
+
+
+def _check_file(path: str) -> int:
+    """The file's size; a missing or empty file is a CheckpointError."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{name}: no such file ({path}).")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"{name} is empty (0 bytes): the download or copy did not finish. Fetch the file again.")
+    return size
 
 
 def _read_safetensors(path: str, name: str, size: int) -> dict[str, torch.Tensor]:
@@ -177,7 +185,11 @@ def _pipeline_class(model_dir: str) -> str | None:
 
 
 def read_checkpoint(path: str, component: str = "transformer") -> LoadedTensors:
-    """A single weight file or a diffusers folder -> LoadedTensors."""
+    """A single weight file or a diffusers folder -> LoadedTensors (a GGUF file: metadata holds its architecture)."""
     if os.path.isdir(path):
         return read_diffusers_folder(path, component)
+    if path.lower().endswith(GGUF_EXT):
+        _check_file(path)
+        state_dict, metadata = read_gguf(path)
+        return LoadedTensors(state_dict, source=path, metadata=metadata)
     return LoadedTensors(read_tensor_file(path), source=path, metadata=read_tensor_metadata(path))

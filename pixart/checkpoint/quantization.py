@@ -3,7 +3,8 @@
 The engine does not dequantize: the host's casting ops read these files. The engine only needs to know that a
 file is quantized, keep each layer's extra tensors beside its weight, and say clearly what it cannot convert.
 
-Two layouts exist:
+Two layouts of ComfyUI's exist, and GGUF (llama.cpp's block quants, read by pixart.checkpoint.gguf_file; the pack's
+own ops dequantize them):
 - legacy scaled fp8 (e.g. t5xxl_fp8_e4m3fn_scaled.safetensors): a `scaled_fp8` marker tensor, fp8 weights and a
   per-layer `.scale_weight` (optionally `.scale_input`);
 - mixed precision (ComfyUI's QUANTIZATION.md): a `_quantization_metadata` JSON entry in the safetensors header
@@ -16,11 +17,12 @@ import torch
 
 LEGACY_SCALED_FP8 = "legacy scaled fp8"
 MIXED_PRECISION = "mixed precision"
+GGUF = "gguf"
 
 LEGACY_MARKER = "scaled_fp8"
 METADATA_KEY = "_quantization_metadata"
 _LAYER_SUFFIXES = (".scale_weight", ".scale_input", ".comfy_quant", ".weight_scale", ".weight_scale_2",
-                   ".input_scale", ".pre_quant_scale")
+                   ".input_scale", ".pre_quant_scale", ".gguf_type")
 
 
 def is_quantization_key(key: str) -> bool:
@@ -29,7 +31,9 @@ def is_quantization_key(key: str) -> bool:
 
 
 def quantization_layout(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str | None:
-    """LEGACY_SCALED_FP8, MIXED_PRECISION or None for a plain file."""
+    """LEGACY_SCALED_FP8, MIXED_PRECISION, GGUF or None for a plain file."""
+    if any(k.endswith(".gguf_type") for k in state_dict):
+        return GGUF
     if metadata and METADATA_KEY in metadata:
         return MIXED_PRECISION
     keys = list(state_dict)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from bench.fixtures.models import original_layout
 from bench.fixtures.pack import import_comfy
 from host.comfy_host import require_comfyui
 from lora_fixtures import ATTN_FF_TARGETS, merged, onetrainer_layout, peft_lora
@@ -119,3 +120,87 @@ def test_unknown_keys_are_reported(base, loras, caplog):
     assert "lora key not loaded: transformer.no_such_block.to_q.lora_A.weight" in caplog.text
     reference = _reference_output(merged(loras["first"][0], 1.0))
     assert (_comfy_output(patched) - reference).abs().max().item() <= TOLERANCE
+
+
+# --- LyCORIS and other adapter formats through core's LoraLoaderModelOnly ------------------------------------------
+
+RANK = 4
+# (module name in the file, the weight it changes, (first row, rows) of that weight or None); `H` is the hidden size
+ADAPTED_MODULES = {
+    "diffusers": [("transformer.transformer_blocks.0.attn1.to_q", "blocks.0.attn.qkv.weight", (0, "H")),
+                  ("transformer.transformer_blocks.1.attn2.to_v", "blocks.1.cross_attn.kv_linear.weight", ("H", "H")),
+                  ("transformer.transformer_blocks.0.ff.net.2", "blocks.0.mlp.fc2.weight", None)],
+    "original": [("diffusion_model.blocks.0.attn.qkv", "blocks.0.attn.qkv.weight", None),
+                 ("lora_unet_blocks_1_mlp_fc1", "blocks.1.mlp.fc1.weight", None),
+                 ("diffusion_model.blocks.1.cross_attn.proj", "blocks.1.cross_attn.proj.weight", None)],
+}
+
+
+def _adapter(kind: str, module: str, shape: tuple[int, int], generator) -> tuple[dict, object]:
+    """One module's tensors in `kind`'s layout (as LyCORIS/kohya trainers name them) and how the weight changes, written
+    from each format's definition: -> (tensors, function(weight) -> the adapted weight at strength 1)."""
+    out_dim, in_dim = shape
+    alpha = 2.0
+
+    def rand(*size):
+        return torch.randn(*size, generator=generator) * 0.2
+
+    if kind == "loha":  # dW = (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank
+        w1a, w1b, w2a, w2b = rand(out_dim, RANK), rand(RANK, in_dim), rand(out_dim, RANK), rand(RANK, in_dim)
+        tensors = {"hada_w1_a": w1a, "hada_w1_b": w1b, "hada_w2_a": w2a, "hada_w2_b": w2b}
+        delta = (w1a @ w1b) * (w2a @ w2b) * alpha / RANK
+    elif kind == "lokr":  # dW = kron(w1, w2_a @ w2_b) * alpha / rank
+        w1, w2a, w2b = rand(4, 2), rand(out_dim // 4, RANK), rand(RANK, in_dim // 2)
+        tensors = {"lokr_w1": w1, "lokr_w2_a": w2a, "lokr_w2_b": w2b}
+        delta = torch.kron(w1, w2a @ w2b) * alpha / RANK
+    elif kind == "dora":  # W' = m * (W + dW) / ||W + dW|| with the norm over the output axis, one m per input column
+        up, down, magnitude = rand(out_dim, RANK), rand(RANK, in_dim), 1 + rand(1, in_dim).abs()
+        tensors = {"lora_up.weight": up, "lora_down.weight": down, "dora_scale": magnitude}
+
+        def adapted(weight):
+            merged = weight + up @ down * alpha / RANK
+            return merged * magnitude / (merged.norm(dim=0, keepdim=True) + torch.finfo(weight.dtype).eps)
+
+        return {**{f"{module}.{k}": v for k, v in tensors.items()}, f"{module}.alpha": torch.tensor(alpha)}, adapted
+    else:  # full: dW = diff
+        delta = rand(out_dim, in_dim)
+        return {f"{module}.diff": delta}, lambda weight: weight + delta
+    return ({**{f"{module}.{k}": v for k, v in tensors.items()}, f"{module}.alpha": torch.tensor(alpha)},
+            lambda weight: weight + delta)
+
+
+@pytest.fixture(scope="module")
+def adapter_files(loras, sigma_ckpt, tmp_path_factory):
+    """For each format and key layout: the file in models/loras and the hand-merged original-layout weights."""
+    folder = tmp_path_factory.mktemp("adapters")
+    folder_paths.add_model_folder_path("loras", str(folder))
+    plain = original_layout(sigma_ckpt.model, sigma_ckpt.null_caption)
+    hidden = sigma_ckpt.model.config.num_attention_heads * sigma_ckpt.model.config.attention_head_dim
+    files = {}
+    for kind in ("loha", "lokr", "dora", "full"):
+        for layout, modules in ADAPTED_MODULES.items():
+            generator = torch.Generator().manual_seed(len(files) + 7)
+            tensors, merged = {}, {k: v.clone() for k, v in plain.items()}
+            for module, weight_key, rows in modules:
+                first, count = ((0, None) if rows is None else [hidden if r == "H" else r for r in rows])
+                target = merged[weight_key] if rows is None else merged[weight_key][first:first + count]
+                module_tensors, adapted = _adapter(kind, module, tuple(target.shape), generator)
+                tensors.update(module_tensors)
+                target.copy_(adapted(target.clone()))
+            name = f"{kind}-{layout}.safetensors"
+            save_file(tensors, str(folder / name))
+            save_file(merged, str(folder / f"{kind}-{layout}-merged.safetensors"))
+            files[(kind, layout)] = (name, str(folder / f"{kind}-{layout}-merged.safetensors"))
+    return files
+
+
+@pytest.mark.parametrize("layout", list(ADAPTED_MODULES))
+@pytest.mark.parametrize("kind", ["loha", "lokr", "dora", "full"])
+def test_adapter_formats_through_core_loader_equal_the_hand_merged_dit(base, adapter_files, kind, layout):
+    """LoHa, LoKr, DoRA and full-diff files, in diffusers names (q/k/v on rows of the fused projections) and in
+    original names (ComfyUI's diffusion_model. and kohya's lora_unet_), through core's LoraLoaderModelOnly."""
+    name, merged_path = adapter_files[(kind, layout)]
+    patched = _comfy_output(_with_lora(base, name, 1.0))
+    reference = _comfy_output(model_loading.load_dit_patcher(merged_path, "fp32"))
+    assert (reference - _comfy_output(base)).abs().max().item() > 1e-2  # the adapter does change the model
+    assert (patched - reference).abs().max().item() <= TOLERANCE
