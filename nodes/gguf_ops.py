@@ -20,6 +20,12 @@ class _QuantizedWeight:
 
     gguf_type: int | None = None
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if not self._load_quantized(state_dict, prefix, missing_keys):
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+
     def _load_quantized(self, state_dict, prefix, missing_keys) -> bool:
         """Take `prefix`weight as quantized bytes when a ggml type comes with it; False for a plain weight."""
         qtype = state_dict.pop(prefix + GGUF_TYPE_SUFFIX[1:], None)
@@ -39,12 +45,6 @@ class _QuantizedWeight:
 
 class GGUFOps(comfy.ops.manual_cast):
     class Linear(_QuantizedWeight, comfy.ops.manual_cast.Linear):
-        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                  error_msgs):
-            if not self._load_quantized(state_dict, prefix, missing_keys):
-                super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                              unexpected_keys, error_msgs)
-
         def forward(self, input, *args, **kwargs):
             if self.gguf_type is None:
                 return super().forward(input, *args, **kwargs)
@@ -56,12 +56,6 @@ class GGUFOps(comfy.ops.manual_cast):
             return torch.nn.functional.linear(input, weight, bias)
 
     class Embedding(_QuantizedWeight, comfy.ops.manual_cast.Embedding):
-        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                  error_msgs):
-            if not self._load_quantized(state_dict, prefix, missing_keys):
-                super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                              unexpected_keys, error_msgs)
-
         def forward(self, input, out_dtype=None):
             if self.gguf_type is None:
                 return super().forward(input, out_dtype=out_dtype)
