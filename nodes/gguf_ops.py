@@ -11,7 +11,7 @@ from __future__ import annotations
 import comfy.ops
 import torch
 
-from ..pixart.checkpoint.gguf_file import GGUF_TYPE_SUFFIX
+from ..pixart.checkpoint.gguf_file import gguf_type_key
 from ..pixart.checkpoint.gguf_quants import dequantize
 
 
@@ -28,7 +28,7 @@ class _QuantizedWeight:
 
     def _load_quantized(self, state_dict, prefix, missing_keys) -> bool:
         """Take `prefix`weight as quantized bytes when a ggml type comes with it; False for a plain weight."""
-        qtype = state_dict.pop(prefix + GGUF_TYPE_SUFFIX[1:], None)
+        qtype = state_dict.pop(gguf_type_key(prefix + "weight"), None)
         if qtype is None:
             return False
         raw = state_dict.pop(prefix + "weight", None)

@@ -8,7 +8,7 @@ from bench.fixtures.gguf_files import weight_bytes, with_unknown_quant_type, wri
 from bench.fixtures.models import t5_state_dict, tiny_t5
 from pixart_sigma_nodes.pixart.checkpoint.errors import CheckpointError
 from pixart_sigma_nodes.pixart.checkpoint.files import read_checkpoint
-from pixart_sigma_nodes.pixart.checkpoint.gguf_file import ARCHITECTURE_FIELD
+from pixart_sigma_nodes.pixart.checkpoint.gguf_file import ARCHITECTURE_FIELD, GGUF_TYPE_SUFFIX, gguf_type_key
 from pixart_sigma_nodes.pixart.checkpoint.gguf_quants import QUANT_TYPES, dequantize
 from pixart_sigma_nodes.pixart.t5 import t5_config_from_weights, to_t5_state_dict
 
@@ -68,16 +68,16 @@ def test_llama_cpp_names_read_back_as_hugging_face_names(tmp_path, t5_weights, q
     twin = write_t5_gguf(t5_weights, path, quant)
     loaded = read_checkpoint(path, component="text_encoder")
     state_dict = to_t5_state_dict(loaded.state_dict, "t5.gguf", loaded.metadata[ARCHITECTURE_FIELD])
-    weights = {k: v for k, v in state_dict.items() if not k.endswith(".gguf_type")}
+    weights = {k: v for k, v in state_dict.items() if not k.endswith(GGUF_TYPE_SUFFIX)}
     assert set(weights) == set(t5_weights)
     assert t5_config_from_weights(state_dict, "t5.gguf")["d_model"] == 32
     for key, tensor in weights.items():
-        type_key = key.rsplit(".", 1)[0] + ".gguf_type"
+        type_key = gguf_type_key(key)
         values = dequantize(tensor, int(state_dict[type_key])) if type_key in state_dict else tensor.float()
         assert torch.equal(values, twin[key]), key
-    quantized = [k for k in weights if k.rsplit(".", 1)[0] + ".gguf_type" in state_dict]
+    quantized = [k for k in weights if gguf_type_key(k) in state_dict]
     assert (len(quantized) > 0) == (quant != "F16")
-    assert sum(t.nbytes for k, t in state_dict.items() if not k.endswith(".gguf_type")) == weight_bytes(path)
+    assert sum(t.nbytes for k, t in state_dict.items() if not k.endswith(GGUF_TYPE_SUFFIX)) == weight_bytes(path)
 
 
 def test_files_that_are_not_t5_encoders_are_named(tmp_path, t5_weights):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
-from .gguf_quants import logical_shape, quant_name
+from .gguf_quants import QUANT_TYPES, logical_shape, quant_name
 
 GGUF_EXT = (".gguf",)
 GGUF_TYPE_SUFFIX = ".gguf_type"
@@ -34,10 +34,6 @@ def require_gguf():
 def gguf_type_key(weight_key: str) -> str:
     """`<module>.weight` -> `<module>.gguf_type`."""
     return weight_key.rsplit(".", 1)[0] + GGUF_TYPE_SUFFIX
-
-
-def is_quantized(state_dict: dict[str, torch.Tensor], weight_key: str) -> bool:
-    return gguf_type_key(weight_key) in state_dict
 
 
 def tensor_shape(state_dict: dict[str, torch.Tensor], key: str) -> tuple[int, ...]:
@@ -87,11 +83,9 @@ def _unreadable(name: str, size: int, err: Exception) -> CheckpointError:
 
 
 def _require_dequantizer(gguf, qtype: int, name: str, tensor_name: str) -> None:
-    from .gguf_quants import QUANT_TYPES
-
     if qtype in QUANT_TYPES:
         return
-    block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
+    _, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
     try:
         gguf.quants.dequantize(np.zeros((1, type_size), dtype=np.uint8), gguf.GGMLQuantizationType(qtype))
     except NotImplementedError as err:

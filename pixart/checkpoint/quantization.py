@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .gguf_file import GGUF_TYPE_SUFFIX
+
 LEGACY_SCALED_FP8 = "legacy scaled fp8"
 MIXED_PRECISION = "mixed precision"
 GGUF = "gguf"
@@ -22,7 +24,7 @@ GGUF = "gguf"
 LEGACY_MARKER = "scaled_fp8"
 METADATA_KEY = "_quantization_metadata"
 _LAYER_SUFFIXES = (".scale_weight", ".scale_input", ".comfy_quant", ".weight_scale", ".weight_scale_2",
-                   ".input_scale", ".pre_quant_scale", ".gguf_type")
+                   ".input_scale", ".pre_quant_scale", GGUF_TYPE_SUFFIX)
 
 
 def is_quantization_key(key: str) -> bool:
@@ -32,7 +34,7 @@ def is_quantization_key(key: str) -> bool:
 
 def quantization_layout(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str | None:
     """LEGACY_SCALED_FP8, MIXED_PRECISION, GGUF or None for a plain file."""
-    if any(k.endswith(".gguf_type") for k in state_dict):
+    if any(k.endswith(GGUF_TYPE_SUFFIX) for k in state_dict):
         return GGUF
     if metadata and METADATA_KEY in metadata:
         return MIXED_PRECISION
