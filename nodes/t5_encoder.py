@@ -19,7 +19,7 @@ from comfy import sd1_clip
 from transformers import T5TokenizerFast
 
 from ..pixart.caption import EOS_ID, MAX_CAPTION_TOKENS, PAD_ID, CaptionTokenizer
-from ..pixart.caption_clean import clean_caption, cleaning_available
+from ..pixart.caption_clean import require_cleaning
 from ..pixart.checkpoint.errors import CheckpointError, require_fit
 from ..pixart.checkpoint.files import read_checkpoint, stored_dtype
 from ..pixart.checkpoint.gguf_file import ARCHITECTURE_FIELD, GGUF_EXT
@@ -125,8 +125,8 @@ def load_t5_clip(path: str, dtype: str = "default", device: str = "default", cap
     """
     if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
         raise ValueError(f"caption tokens {caption_tokens}: PixArt's T5 budget is 1 to {MAX_CAPTION_TOKENS} tokens.")
-    if clean and not cleaning_available():
-        clean_caption("")  # raises the error naming the packages and the pip command
+    if clean:
+        require_cleaning()
     if dtype not in T5_DTYPES:
         raise ValueError(f"dtype '{dtype}' is unknown; choose one of: {', '.join(T5_DTYPES)}.")
     loaded = read_checkpoint(path, component="text_encoder")

@@ -128,9 +128,7 @@ def clean_caption(caption: str) -> str:
     return caption
 
 
-def cleaning_available() -> bool:
-    try:
-        _libraries()
-    except CaptionCleaningUnavailable:
-        return False
-    return True
+def require_cleaning() -> None:
+    """Nothing when the cleaner's packages are installed, else CaptionCleaningUnavailable naming them and the pip
+    command (for a loader that is asked to clean every prompt, before it loads anything)."""
+    _libraries()
