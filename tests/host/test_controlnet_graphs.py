@@ -106,8 +106,7 @@ def _graph(strength=1.0, start=0.0, end=1.0, hint="hint.png", sampler="kv", kv="
 def _latent(server, graph) -> torch.Tensor:
     entry = server.run(graph, timeout=600)
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    info = entry["outputs"]["save"]["latents"][0]
-    return load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
+    return server.saved_latent(entry, "save")
 
 
 def _prompts(server, net):

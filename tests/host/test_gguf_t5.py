@@ -146,11 +146,6 @@ def _latent_graph(t5_name: str, prefix: str) -> dict:
     return graph
 
 
-def _saved_latent(server, entry) -> torch.Tensor:
-    info = entry["outputs"]["save"]["latents"][0]
-    return load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
-
-
 @pytest.fixture(scope="module")
 def server_files(server):
     folder = os.path.join(server.base, "models", "text_encoders")
@@ -172,7 +167,7 @@ def test_api_graph_with_the_gguf_t5_equals_its_dequantized_twin(server, server_f
     for name in ("t5-tiny-Q8_0.gguf", "t5-tiny-Q8_0-twin.safetensors"):
         entry = server.run(_latent_graph(name, prefix=name.split(".")[0]))
         assert entry["status"]["status_str"] == "success", error_message(entry)
-        latents.append(_saved_latent(server, entry))
+        latents.append(server.saved_latent(entry, "save"))
     error = ((latents[0] - latents[1]).abs().max() / latents[1].std()).item()
     log.warning("GGUF Q8_0 graph: latent max error / std %.2e against the dequantized twin", error)
     assert error <= 3e-4

@@ -1,6 +1,5 @@
 """Host tier: the size PixArt VAE Decode resizes a binned image back to follows the latent through core latent nodes
 (one API graph on a real server: 200x120 px requested from the 256-trained model, binned to 320x192)."""
-import os
 
 import pytest
 from PIL import Image
@@ -70,8 +69,7 @@ def sizes(server):
     out = {}
     for node, output in entry["outputs"].items():
         if node.startswith("save_"):
-            out[node[len("save_"):]] = [Image.open(os.path.join(server.base, "output", image["subfolder"],
-                                                                image["filename"])).size for image in output["images"]]
+            out[node[len("save_"):]] = [Image.open(server.output_path(image)).size for image in output["images"]]
     print("\n" + ", ".join(f"{name}: {' '.join(f'{w}x{h}' for w, h in found)}" for name, found in sorted(out.items())))
     return out
 

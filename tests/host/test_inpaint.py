@@ -72,10 +72,9 @@ def _outputs(server, graph):
     entry = server.run(graph, timeout=600)
     assert entry["status"]["status_str"] == "success", error_message(entry)
     images = [node["images"][0] for node in entry["outputs"].values() if "images" in node]
-    image = np.asarray(Image.open(os.path.join(server.base, "output", images[0]["subfolder"], images[0]["filename"])))
+    image = np.asarray(Image.open(server.output_path(images[0])))
     latents = [node["latents"][0] for node in entry["outputs"].values() if "latents" in node]
-    latent = load_file(os.path.join(server.base, "output", latents[0]["subfolder"],
-                                    latents[0]["filename"]))["latent_tensor"] if latents else None
+    latent = load_file(server.output_path(latents[0]))["latent_tensor"] if latents else None
     return image, latent
 
 

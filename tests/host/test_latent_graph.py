@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from bench.fixtures.comfy_server import cached_nodes, error_message
 from bench.fixtures.reference_runs import PROMPT, text_to_image
@@ -33,12 +32,8 @@ def _graph(dit_name, width, height, binning, seed, **sampler):
 
 def _outputs(server, entry):
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    out = entry["outputs"]
-    latent_info = out["save_latent"]["latents"][0]
-    latent = load_file(os.path.join(server.base, "output", latent_info["subfolder"], latent_info["filename"]))
-    image_info = out["save"]["images"][0]
-    image = np.asarray(Image.open(os.path.join(server.base, "output", image_info["subfolder"], image_info["filename"])))
-    return latent["latent_tensor"], image
+    image = np.asarray(Image.open(server.output_path(entry["outputs"]["save"]["images"][0])))
+    return server.saved_latent(entry, "save_latent"), image
 
 
 @pytest.mark.parametrize("dit_name,size,binning,seed", [
@@ -95,8 +90,7 @@ def test_kv_compression_runs_and_differs(server):
 
 
 def _latent(server, entry):
-    info = entry["outputs"]["save_latent"]["latents"][0]
-    return load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
+    return server.saved_latent(entry, "save_latent")
 
 
 def test_kv_patch_node_leaves_the_model_unpatched(server):
@@ -114,8 +108,7 @@ def test_kv_patch_node_leaves_the_model_unpatched(server):
         graph.pop(key)
     entry = server.run(graph)
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    info = entry["outputs"]["save_patched"]["latents"][0]
-    patched = load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
+    patched = server.saved_latent(entry, "save_patched")
     # the plain sampler on the loader's MODEL the patch node was given (the loader answered from the cache); kv_layers
     # set while kv_compress is off cannot change the result and makes ComfyUI run the sampler
     after = server.run(_sample_only("sigma-tiny.safetensors", 5, kv_layers="14-27"))
@@ -147,8 +140,7 @@ def test_null_caption_negative_and_img2img_and_upscale(server):
     graph["save2"] = {"class_type": "SaveImage", "inputs": {"images": ["decode2", 0], "filename_prefix": "hires"}}
     entry = server.run(graph)
     assert entry["status"]["status_str"] == "success", error_message(entry)
-    info = entry["outputs"]["save2"]["images"][0]
-    image = Image.open(os.path.join(server.base, "output", info["subfolder"], info["filename"]))
+    image = Image.open(server.output_path(entry["outputs"]["save2"]["images"][0]))
     assert image.size == (192, 160)
 
 

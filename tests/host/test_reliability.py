@@ -13,7 +13,7 @@ import uuid
 import psutil
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from bench.fixtures.comfy_server import cached_nodes, error_message
 from bench.fixtures.graphs import text_to_image
@@ -91,8 +91,7 @@ def _sampler_graph(seed=1, width=128, height=96, text="a red dog", binning="off"
 
 
 def _latent(server, entry, node="save"):
-    info = entry["outputs"][node]["latents"][0]
-    return load_file(os.path.join(server.base, "output", info["subfolder"], info["filename"]))["latent_tensor"]
+    return server.saved_latent(entry, node)
 
 
 def test_long_and_empty_prompts_run(server):
@@ -116,8 +115,7 @@ def test_sizes_off_the_16px_grid_are_rounded_and_restored(server):
     assert "generated at 128x96" in entry["outputs"]["latent"]["text"][0]
     from PIL import Image
 
-    info = entry["outputs"]["image"]["images"][0]
-    assert Image.open(os.path.join(server.base, "output", info["subfolder"], info["filename"])).size == (125, 100)
+    assert Image.open(server.output_path(entry["outputs"]["image"]["images"][0])).size == (125, 100)
 
 
 @pytest.mark.parametrize("change,fragment", [

@@ -17,8 +17,7 @@ def _assert_image_saved(server, entry, prefix):
     assert entry["status"]["status_str"] == "success", error_message(entry)
     images = entry["outputs"]["save"]["images"]
     assert len(images) == 1 and images[0]["filename"].startswith(prefix)
-    path = os.path.join(server.base, "output", images[0].get("subfolder", ""), images[0]["filename"])
-    assert os.path.getsize(path) > 0
+    assert os.path.getsize(server.output_path(images[0])) > 0
 
 
 def test_nodes_are_listed(server):
@@ -87,9 +86,7 @@ def _saved_pixels(server, entry):
     import numpy as np
     from PIL import Image
 
-    image = entry["outputs"]["save"]["images"][0]
-    path = os.path.join(server.base, "output", image.get("subfolder", ""), image["filename"])
-    return np.asarray(Image.open(path), dtype=np.int16)
+    return np.asarray(Image.open(server.output_path(entry["outputs"]["save"]["images"][0])), dtype=np.int16)
 
 
 def test_torch_compile_node_in_an_api_graph(server):
