@@ -1,6 +1,6 @@
 """The host tier's ComfyUI: found through COMFYUI_PATH (a checkout with its requirements installed) or by this pack
-sitting in ComfyUI/custom_nodes/, else the host tier is skipped with the reason printed; and ComfyUI's own sampling
-of a tiny latent."""
+sitting in ComfyUI/custom_nodes/, else the host tier is skipped with the reason printed; ComfyUI's own sampling of a
+tiny latent and a CLIP's conditioning of a prompt, which the host tests compare."""
 from __future__ import annotations
 
 import pytest
@@ -15,6 +15,17 @@ def require_comfyui() -> str:
         pytest.skip("host tier skipped: no ComfyUI found (set COMFYUI_PATH to a ComfyUI checkout with its requirements "
                     "installed, or install this pack in ComfyUI/custom_nodes)", allow_module_level=True)
     return path
+
+
+def t5_conditioning(clip, text: str) -> torch.Tensor:
+    """A CLIP's conditioning of `text` at its real (unpadded) tokens, in float32: (tokens, d_model)."""
+    out = clip.encode_from_tokens(clip.tokenize(text), return_dict=True)
+    return out["cond"][0, out["attention_mask"][0].bool()].float()
+
+
+def relative_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref||, in float32."""
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
 def sample_tiny(patcher, positive, negative, seed: int = 0, steps: int = 3) -> torch.Tensor:

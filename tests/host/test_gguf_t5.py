@@ -17,7 +17,7 @@ from bench.fixtures.gguf_files import weight_bytes, with_unknown_quant_type, wri
 from bench.fixtures.graphs import text_to_image
 from bench.fixtures.models import t5_state_dict, tiny_t5
 from bench.fixtures.pack import import_comfy
-from host.comfy_host import require_comfyui
+from host.comfy_host import relative_l2, require_comfyui, t5_conditioning
 
 gguf = pytest.importorskip("gguf")
 COMFYUI = require_comfyui()
@@ -39,13 +39,7 @@ ROUNDING = 1e-6  # the same weights computed by the GGUF layers and by ComfyUI's
 
 
 def _cond(clip) -> torch.Tensor:
-    out = clip.encode_from_tokens(clip.tokenize(TEXT), return_dict=True)
-    real = out["attention_mask"][0].bool()
-    return out["cond"][0, real].float()
-
-
-def _relative(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).norm() / ref.norm()).item()
+    return t5_conditioning(clip, TEXT)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +61,11 @@ def files(tmp_path_factory):
 @pytest.mark.parametrize("quant", list(QUANT_BOUNDS))
 def test_quantized_conditioning_against_the_fp32_t5(files, quant):
     source = load_file(files["source"])
-    weights = [_relative(t, source[k]) for k, t in load_file(files[quant][1]).items() if not torch.equal(t, source[k])]
+    weights = [relative_l2(t, source[k]) for k, t in load_file(files[quant][1]).items() if not torch.equal(t, source[k])]
     reference = _cond(t5_encoder.load_t5_clip(files["source"], dtype="fp32"))
     clip = t5_encoder.load_t5_clip(files[quant][0])
     assert any(getattr(m, "gguf_type", None) is not None for m in clip.cond_stage_model.modules()), "not kept quantized"
-    error = _relative(_cond(clip), reference)
+    error = relative_l2(_cond(clip), reference)
     log.warning("GGUF %s: conditioning relative L2 %.4f against the fp32 T5; %d quantized weights, worst %.4f", quant,
                 error, len(weights), max(weights))
     assert max(weights) <= WEIGHT_BOUNDS[quant]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from bench.fixtures.models import original_layout, t5_state_dict, tiny_t5
 from bench.fixtures.pack import import_comfy
-from host.comfy_host import require_comfyui, sample_tiny
+from host.comfy_host import relative_l2, require_comfyui, sample_tiny, t5_conditioning
 from host.quantized_files import (
     DIT_ALL_LINEARS,
     DIT_BLOCK_LINEARS,
@@ -39,10 +39,6 @@ TEXT = "a red dog riding a horse on the moon"
 ROUNDING = 1e-6
 
 
-def _relative(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-
-
 def _conds():
     generator = torch.Generator().manual_seed(5)
     positive = [[torch.randn(1, 300, 32, generator=generator), {"attention_mask": torch.tensor([[1] * 9 + [0] * 291])}]]
@@ -63,9 +59,7 @@ def _dit_forward(patcher) -> torch.Tensor:
 
 
 def _t5_cond(clip) -> torch.Tensor:
-    out = clip.encode_from_tokens(clip.tokenize(TEXT), return_dict=True)
-    real = out["attention_mask"][0].bool()
-    return out["cond"][0, real].float()
+    return t5_conditioning(clip, TEXT)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +125,7 @@ def test_scaled_fp8_t5_equals_its_dequantized_twin(t5_fp32, tmp_path):
     path = save(legacy_scaled_fp8(state, linear_layers(state, T5_LINEARS)), str(tmp_path / "t5-fp8-scaled.safetensors"))
     quantized = t5_encoder.load_t5_clip(path, dtype="fp32")
     reference = t5_encoder.load_t5_clip(_dequantized_twin(path, tmp_path), dtype="fp32")
-    relative = _relative(_t5_cond(quantized), _t5_cond(reference))
+    relative = relative_l2(_t5_cond(quantized), _t5_cond(reference))
     print(f"\nscaled fp8 T5 vs its dequantized fp32 twin: relative L2 {relative:.2e}")
     assert relative <= ROUNDING
 
@@ -155,7 +149,7 @@ def test_comfy_quant_t5_equals_its_dequantized_twin(t5_fp32, tmp_path, fmt, in_h
                                  linear_layers(state, T5_LINEARS), fmt, in_header, tmp_path)
     if pair is None:
         return
-    relative = _relative(*(_t5_cond(clip) for clip in pair))
+    relative = relative_l2(*(_t5_cond(clip) for clip in pair))
     print(f"\n{fmt} comfy_quant T5 vs its dequantized fp32 twin: relative L2 {relative:.2e}")
     assert relative <= ROUNDING
 
@@ -165,7 +159,7 @@ def test_scaled_fp8_dit_equals_its_dequantized_twin(dit_fp32, tmp_path):
                 str(tmp_path / "dit-fp8-scaled.safetensors"))
     quantized = model_loading.load_dit_patcher(path, "fp32")
     reference = model_loading.load_dit_patcher(_dequantized_twin(path, tmp_path), "fp32")
-    relative = _relative(_dit_forward(quantized), _dit_forward(reference))
+    relative = relative_l2(_dit_forward(quantized), _dit_forward(reference))
     print(f"\nscaled fp8 DiT vs its dequantized fp32 twin: relative L2 {relative:.2e}")
     assert relative <= ROUNDING
 
@@ -176,7 +170,7 @@ def test_comfy_quant_dit_equals_its_dequantized_twin(dit_fp32, tmp_path, fmt, in
                                  in_header, tmp_path)
     if pair is None:
         return
-    relative = _relative(*(_dit_forward(patcher) for patcher in pair))
+    relative = relative_l2(*(_dit_forward(patcher) for patcher in pair))
     positive, negative = _conds()
     sampled = sample_tiny(pair[0], positive, negative)
     print(f"\n{fmt} comfy_quant DiT vs its dequantized fp32 twin: relative L2 {relative:.2e}")
